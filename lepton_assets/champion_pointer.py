@@ -1,0 +1,38 @@
+"""The champion pointer: an atomic pointer to the promoted model, and an append-only history.
+
+``champion/current.json`` names the model in production; it is replaced in one atomic write,
+so a reader sees the old or the new champion, never a mix. Every promotion also adds one new
+object ``champion/history/<UTC time>-<run>.json`` and none is ever rewritten: on S3 too
+(where objects cannot be appended to) the history only grows.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from resources.artifact_store import ArtifactStore
+
+POINTER_KEY = "champion/current.json"
+HISTORY_PREFIX = "champion/history"
+
+
+def current_champion(store: ArtifactStore) -> dict[str, Any] | None:
+    return store.read_json(POINTER_KEY) if store.exists(POINTER_KEY) else None
+
+
+def champion_history(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every promotion, oldest first."""
+    return [store.read_json(key) for key in store.list(HISTORY_PREFIX) if key.endswith(".json")]
+
+
+def promote(store: ArtifactStore, entry: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Point the champion at ``entry['model_prefix']`` and record it in the history."""
+    now = datetime.now(UTC)
+    record = {**entry, "promoted_at": now.isoformat(), "run_id": run_id,
+              "previous": (current_champion(store) or {}).get("model_prefix")}
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+    history_key = f"{HISTORY_PREFIX}/{stamp}-{run_id[:8]}.json"
+    if store.exists(history_key):
+        raise FileExistsError(f"history entry {history_key} already exists; it is never rewritten")
+    store.write_json(history_key, record)
+    store.write_json(POINTER_KEY, record)
+    return record

@@ -1,0 +1,141 @@
+"""Validation: the day's raw batch through the Great Expectations suite; bad rows quarantined.
+
+Outputs per day: ``validated/<day>.parquet`` (clean rows), ``quarantine/<day>.parquet``
+(rejected rows with their file, line and broken rules), ``validation/<day>.json`` (the GX
+validation result) and ``validated/<day>.json`` (the batch's manifest, read by
+``training_dataset``).
+"""
+
+import dagster as dg
+import polars as pl
+
+from lepton_assets.ingestion import SOURCE_FILE, SOURCE_ROW, raw_batches, raw_key
+from lepton_assets.partitions import daily_partitions_def
+from resources.artifact_store import ArtifactStoreResource
+from resources.dataset import DatasetResource
+from resources.expectations import (
+    ExpectationsResource,
+    build_suite,
+    row_failures,
+    table_failures,
+)
+
+FAILED_RULES = "_failed_rules"
+SUITE_CHECK = "expectation_suite"
+
+
+def validated_key(partition_key: str) -> str:
+    return f"validated/{partition_key}.parquet"
+
+
+def validated_manifest_key(partition_key: str) -> str:
+    return f"validated/{partition_key}.json"
+
+
+def split_by_failures(
+    raw: pl.DataFrame, failures: dict[int, list[str]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(clean rows without lineage columns, rejected rows with lineage and broken rules)."""
+    rules = pl.Series(
+        FAILED_RULES, [failures.get(i, []) for i in range(raw.height)], dtype=pl.List(pl.String)
+    )
+    tagged = raw.with_columns(rules)
+    rejected = tagged.filter(pl.col(FAILED_RULES).list.len() > 0)
+    clean = tagged.filter(pl.col(FAILED_RULES).list.len() == 0).drop(
+        SOURCE_FILE, SOURCE_ROW, FAILED_RULES
+    )
+    return clean, rejected
+
+
+@dg.asset(
+    partitions_def=daily_partitions_def,
+    deps=[raw_batches],
+    group_name="validation",
+    kinds={"great_expectations", "polars", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            SUITE_CHECK,
+            asset="validated_batches",
+            blocking=True,
+            description="The day's batch meets the schema and at most the spec's quarantine "
+            "threshold of its rows break a row rule; downstream assets wait on it.",
+        )
+    ],
+)
+def validated_batches(
+    context: dg.AssetExecutionContext,
+    artifacts: ArtifactStoreResource,
+    dataset: DatasetResource,
+    expectations: ExpectationsResource,
+) -> dg.MaterializeResult:
+    """The day's samples that pass every row rule of the Great Expectations suite.
+
+    Rows that break a rule (out-of-range pixel, unknown label, null, duplicate id) are moved to
+    ``quarantine/<day>.parquet`` with the landing file, line and broken rules, so nothing is
+    lost. The blocking check fails the partition when the schema is wrong or too many rows
+    were quarantined.
+    """
+    spec = dataset.get_spec()
+    store = artifacts.get_store()
+    day = context.partition_key
+    raw = store.read_parquet(raw_key(day))
+    suite = build_suite(spec)
+    result = expectations.validate(raw.select(spec.columns), suite)
+    clean, rejected = split_by_failures(raw, row_failures(result))
+    batch_failures = table_failures(result)
+
+    digest = store.write_parquet(validated_key(day), clean)
+    # Written even when empty, so a rerun after a fix replaces the earlier quarantine.
+    store.write_parquet(f"quarantine/{day}.parquet", rejected)
+    store.write_json(f"validation/{day}.json", result.to_json_dict())
+    store.write_json(f"suites/{suite.name}.json", suite.to_json_dict())
+
+    fraction = rejected.height / raw.height if raw.height else 0.0
+    passed = not batch_failures and fraction <= spec.quarantine_threshold
+    rule_counts = (
+        rejected.select(pl.col(FAILED_RULES).explode()).to_series().value_counts(sort=True)
+        if rejected.height
+        else pl.DataFrame({FAILED_RULES: [], "count": []})
+    )
+    broken = {row[0]: row[1] for row in rule_counts.iter_rows()}
+    store.write_json(
+        validated_manifest_key(day),
+        {"partition": day, "rows": clean.height, "quarantined": rejected.height,
+         "sha256": digest, "check_passed": passed, "suite": suite.name},
+    )
+    if rejected.height:
+        first = rejected.row(0, named=True)
+        context.log.warning(
+            f"{day}: quarantined {rejected.height} of {raw.height} rows; first: "
+            f"{first[SOURCE_FILE]} line {first[SOURCE_ROW]} broke {first[FAILED_RULES]}"
+        )
+    check_metadata = {
+        "quarantined_fraction": round(fraction, 4),
+        "threshold": spec.quarantine_threshold,
+        "evaluated_expectations": len(result.results),
+        "failed_batch_rules": dg.MetadataValue.json(batch_failures),
+        "rows_per_broken_rule": dg.MetadataValue.json(broken),
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "rows": clean.height,
+            "quarantined_rows": rejected.height,
+            "path": dg.MetadataValue.path(store.url(validated_key(day))),
+            "quarantine": dg.MetadataValue.path(store.url(f"quarantine/{day}.parquet")),
+            "validation_result": dg.MetadataValue.path(store.url(f"validation/{day}.json")),
+            "sha256": digest,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=SUITE_CHECK,
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata=check_metadata,
+                description=None if passed else (
+                    f"batch rules failed: {batch_failures}" if batch_failures else
+                    f"{fraction:.1%} of rows quarantined > threshold "
+                    f"{spec.quarantine_threshold:.1%}"
+                ),
+            )
+        ],
+    )

@@ -1,0 +1,97 @@
+"""Great Expectations 1.x: the suite built from a dataset spec, and the runner that applies it.
+
+GX is called directly (``dagster-ge`` still requires GX < 1.0). Results are GX's own
+``ExpectationSuiteValidationResult`` objects, stored as JSON next to each batch.
+"""
+
+from collections import defaultdict
+from typing import Any
+
+import dagster as dg
+import great_expectations as gx
+import polars as pl
+from great_expectations.core import ExpectationSuiteValidationResult
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from lepton_assets.dataset_spec import DatasetSpec
+
+
+def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
+    """The spec's expectations: schema, ids not null and unique, label set, feature ranges."""
+    ex = gx.expectations
+    expectations: list[Any] = [
+        ex.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True),
+        ex.ExpectColumnValuesToNotBeNull(column=spec.id_column),
+        ex.ExpectColumnValuesToBeUnique(column=spec.id_column),
+        ex.ExpectColumnValuesToNotBeNull(column=spec.label_column),
+        ex.ExpectColumnValuesToBeInSet(column=spec.label_column, value_set=list(spec.classes)),
+    ]
+    for column in spec.feature_columns:
+        expectations.append(ex.ExpectColumnValuesToNotBeNull(column=column))
+        expectations.append(
+            ex.ExpectColumnValuesToBeBetween(
+                column=column, min_value=spec.feature_min, max_value=spec.feature_max
+            )
+        )
+    return gx.ExpectationSuite(name=f"{spec.name}_suite", expectations=expectations)
+
+
+def rule_name(result: Any) -> str:
+    """A readable name for one expectation, e.g. ``expect_column_values_to_be_between(pixel_03)``."""
+    config = result.expectation_config
+    column = config.kwargs.get("column")
+    return f"{config.type}({column})" if column else config.type
+
+
+def row_failures(result: ExpectationSuiteValidationResult) -> dict[int, list[str]]:
+    """Row position -> names of the row-level rules that row broke.
+
+    Row-level rules are the column-map expectations (GX reports an ``unexpected_index_list``
+    for them); the table-level ones (schema) have none and are judged on the batch.
+    """
+    failures: dict[int, list[str]] = defaultdict(list)
+    for r in result.results:
+        indices = (r.result or {}).get("unexpected_index_list")
+        if r.success or indices is None:
+            continue
+        for index in indices:
+            failures[int(index)].append(rule_name(r))
+    return dict(failures)
+
+
+def table_failures(result: ExpectationSuiteValidationResult) -> list[str]:
+    """Names of the failed expectations that are not row-level (they fail the whole batch)."""
+    return [
+        rule_name(r)
+        for r in result.results
+        if not r.success and (r.result or {}).get("unexpected_index_list") is None
+    ]
+
+
+class ExpectationsResource(dg.ConfigurableResource):
+    """Runs a GX expectation suite on a batch with GX's pandas engine, in an ephemeral context."""
+
+    def validate(
+        self, frame: pl.DataFrame, suite: gx.ExpectationSuite
+    ) -> ExpectationSuiteValidationResult:
+        context = gx.get_context(
+            mode="ephemeral",
+            project_config=DataContextConfig(
+                store_backend_defaults=InMemoryStoreBackendDefaults(),
+                analytics_enabled=False,
+                progress_bars=ProgressBarsConfig(globally=False),
+            ),
+        )
+        suite = context.suites.add(gx.ExpectationSuite(**suite.to_json_dict()))
+        batch_definition = (
+            context.data_sources.add_pandas("lepton")
+            .add_dataframe_asset("batch")
+            .add_batch_definition_whole_dataframe("whole")
+        )
+        # Positional index 0..n-1, so unexpected_index_list holds row positions.
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+        return batch.validate(suite, result_format={"result_format": "COMPLETE"})

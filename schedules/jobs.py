@@ -1,0 +1,22 @@
+"""Jobs: the two halves of the lifecycle, as schedules, sensors and the CLI launch them.
+
+The data half is partitioned by day and the model half is not, and a Dagster job runs assets
+of one partitioning, so the lifecycle is two jobs.
+"""
+
+import dagster as dg
+
+from lepton_assets.partitions import daily_partitions_def
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.groups("ingestion", "validation"),
+    partitions_def=daily_partitions_def,
+    description="Ingest and validate one day of landing files.",
+)
+
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.groups("training", "compression", "evaluation"),
+    description="Build the dataset, train with Horovod, compress, evaluate, promote.",
+)

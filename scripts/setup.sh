@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One install path for a fresh machine, used by both README commands and by .ci/run.
+#
+#   1. a virtual environment at ${LEPTON_VENV:-.venv}
+#   2. PyTorch first, CPU build by default: a plain `torch` requirement would pull
+#      several GB of CUDA packages. Users with CUDA override LEPTON_TORCH_SPEC and
+#      LEPTON_TORCH_INDEX (e.g. torch==2.13.0 and https://download.pytorch.org/whl/cu130).
+#   3. Horovod 0.28.1 from its sdist, patched to compile as C++17 (PyTorch >= 2.1 needs it),
+#      built once with PyTorch + Gloo and cached outside the repo, keyed by the torch and
+#      horovod versions; later runs reuse the cached wheel.
+#   4. the project itself with its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${LEPTON_VENV:-.venv}
+TORCH_SPEC=${LEPTON_TORCH_SPEC:-torch==2.13.0+cpu}
+TORCH_INDEX=${LEPTON_TORCH_INDEX:-}
+HOROVOD_VERSION=0.28.1
+WHEEL_CACHE=${LEPTON_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lepton/wheels}
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python 3.11 or 3.12"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$PWD/$VENV/bin/python"
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install --upgrade pip setuptools wheel
+
+# --- 2. torch ------------------------------------------------------------------------
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  log "installing $TORCH_SPEC"
+  pip_install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} numpy "$TORCH_SPEC"
+fi
+TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
+CUDA_VERSION=$("$PY" -c 'import torch; print(torch.version.cuda or "cpu")')
+log "torch $TORCH_VERSION ($CUDA_VERSION)"
+
+# --- 3. horovod ----------------------------------------------------------------------
+if ! "$PY" -c 'import horovod.torch' 2>/dev/null; then
+  key="horovod-${HOROVOD_VERSION}-torch${TORCH_VERSION//+/_}"
+  cache_dir="$WHEEL_CACHE/$key"
+  wheel=$(ls "$cache_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    command -v g++ >/dev/null || die "g++ is needed to build Horovod (apt-get install g++)"
+    # pip's CMake 4 rejects the bundled gloo's cmake_minimum_required; a system CMake 3.x works.
+    command -v cmake >/dev/null || die "cmake 3.x is needed to build Horovod (apt-get install cmake)"
+    cmake_major=$(cmake --version | head -1 | sed -E 's/[^0-9]*([0-9]+).*/\1/')
+    [ "$cmake_major" = 3 ] || export CMAKE_POLICY_VERSION_MINIMUM=3.5
+    log "building Horovod $HOROVOD_VERSION against torch $TORCH_VERSION (takes ~6 min on 2 cores)"
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    pip_install psutil pyyaml cloudpickle packaging
+    "$PY" -m pip download -q --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
+    tar -xzf "$build"/horovod-*.tar.gz -C "$build"
+    src="$build/horovod-$HOROVOD_VERSION"
+    # PyTorch >= 2.1 headers refuse to compile below C++17 (DESIGN.md, "Known facts").
+    sed -i -E 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' "$src/CMakeLists.txt" \
+      "$src/horovod/torch/CMakeLists.txt"
+    grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" \
+      || die "the C++17 patch did not apply to $src/horovod/torch/CMakeLists.txt"
+    export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+      HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
+    if [ "$CUDA_VERSION" != cpu ]; then
+      export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-90}
+    fi
+    export MAKEFLAGS="-j$(nproc)"
+    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build/dist" "$src"
+    mkdir -p "$cache_dir"
+    cp "$build"/dist/horovod-*.whl "$cache_dir/"
+    wheel=$(ls "$cache_dir"/horovod-*.whl | head -1)
+  else
+    log "reusing cached $wheel"
+  fi
+  pip_install "$wheel"
+fi
+
+# --- 4. the project ------------------------------------------------------------------
+log "installing lepton with dev extras"
+pip_install -e '.[dev]'
+log "ready: $VENV"
