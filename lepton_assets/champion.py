@@ -33,7 +33,7 @@ def champion_model(
         store,
         {"model_prefix": ev["candidate_model"], "test_accuracy": ev["candidate"]["accuracy"],
          "report": f"{report_prefix}/report.html"},
-        context.run_id,
+        context.run.run_id,
     )
     context.log.info(f"promoted {record['model_prefix']} (previous: {record['previous']})")
     return dg.MaterializeResult(

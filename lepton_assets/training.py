@@ -183,7 +183,7 @@ def trained_model(
     arch = config.arch or default_arch(spec.input_shape)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
-    prefix = f"models/{version}-{context.run_id[:8]}"
+    prefix = f"models/{version}-{context.run.run_id[:8]}"
     job = {
         "dataset_version": version,
         "output_prefix": prefix,
@@ -193,7 +193,7 @@ def trained_model(
         "learning_rate": config.learning_rate,
         "seed": config.seed,
     }
-    job_key = f"runs/{context.run_id}/train_job.json"
+    job_key = f"runs/{context.run.run_id}/train_job.json"
     store.write_json(job_key, job)
     result = horovod.run_worker(
         context,

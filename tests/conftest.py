@@ -1,0 +1,52 @@
+import os
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lepton_assets.demo import seed_landing
+from resources.artifact_store import ArtifactStore
+
+DEMO_END = date(2026, 1, 7)
+
+
+@pytest.fixture
+def lepton_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty embedded home for one test; no LEPTON_* setting leaks in from the shell."""
+    for name in list(os.environ):
+        if name.startswith("LEPTON_") or name == "DAGSTER_HOME":
+            monkeypatch.delenv(name)
+    home = tmp_path / "lepton"
+    monkeypatch.setenv("LEPTON_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def landing(lepton_home: Path) -> ArtifactStore:
+    return ArtifactStore(f"file://{lepton_home / 'landing'}")
+
+
+@pytest.fixture
+def artifacts(lepton_home: Path) -> ArtifactStore:
+    return ArtifactStore(f"file://{lepton_home / 'artifacts'}")
+
+
+@pytest.fixture
+def seeded(landing: ArtifactStore) -> ArtifactStore:
+    seed_landing(landing, days=7, end=DEMO_END)
+    return landing
+
+
+@pytest.fixture
+def instance(tmp_path: Path):
+    """A real SQLite Dagster instance in a temporary DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes, to prove a tree was left untouched."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

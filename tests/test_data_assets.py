@@ -1,0 +1,113 @@
+"""raw_batches and validated_batches through dg.materialize on a real instance."""
+
+import io
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from lepton_assets.definitions import defs
+from lepton_assets.ingestion import IngestionError, raw_batches, raw_key
+from lepton_assets.validation import SUITE_CHECK, validated_batches, validated_key
+from resources.artifact_store import ArtifactStore
+
+from .conftest import tree_bytes
+
+DAY = "2026-01-01"  # the first day of the seeded demo (DEMO_END - 6 days)
+
+
+def materialize(instance: dg.DagsterInstance, partition_key: str = DAY):
+    return dg.materialize(
+        [raw_batches, validated_batches], resources=defs.resources, instance=instance,
+        partition_key=partition_key, raise_on_error=False,
+    )
+
+
+def add_late_csv(landing: ArtifactStore) -> None:
+    """A second CSV for DAY: two good rows, then three rows that each break a rule."""
+    row = landing.read_parquet(f"{DAY}/batch-a.parquet").head(1)
+
+    def variant(sample_id: str, **values: float) -> pl.DataFrame:
+        return row.with_columns(pl.lit(sample_id).alias("sample_id"),
+                                *[pl.lit(v).cast(row[k].dtype).alias(k) for k, v in values.items()])
+
+    frame = pl.concat([
+        variant("ok-0"), variant("ok-1"),
+        variant("bad-label", label=11),
+        variant("bad-pixel", pixel_07=-5.0),
+        variant("bad-both", label=12, pixel_00=17.0),
+    ])
+    buf = io.BytesIO()
+    frame.write_csv(buf)
+    landing.write_bytes(f"{DAY}/late.csv", buf.getvalue())
+
+
+def test_a_demo_day_ingests_and_validates_cleanly(seeded, artifacts, instance):
+    result = materialize(instance)
+    assert result.success
+    raw = artifacts.read_parquet(raw_key(DAY))
+    assert raw.height == 257 and raw["_source_file"].unique().sort().to_list() == [
+        f"{DAY}/batch-a.parquet", f"{DAY}/batch-b.csv"]
+    assert artifacts.read_parquet(validated_key(DAY)).height == 257
+    assert artifacts.read_parquet(f"quarantine/{DAY}.parquet").height == 0
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [(SUITE_CHECK, True)]
+
+
+def test_bad_rows_are_quarantined_with_file_line_and_rule_and_landing_is_untouched(
+    seeded, lepton_home, artifacts, instance
+):
+    add_late_csv(seeded)
+    before = tree_bytes(lepton_home / "landing")
+    result = materialize(instance)
+    assert result.success  # 3 of 262 rows is under the 5% threshold
+    quarantine = artifacts.read_parquet(f"quarantine/{DAY}.parquet").sort("sample_id")
+    assert quarantine.select("sample_id", "_source_file", "_source_row").rows() == [
+        ("bad-both", f"{DAY}/late.csv", 5),
+        ("bad-label", f"{DAY}/late.csv", 3),
+        ("bad-pixel", f"{DAY}/late.csv", 4),
+    ]
+    assert quarantine["_failed_rules"].to_list() == [
+        ["expect_column_values_to_be_in_set(label)",
+         "expect_column_values_to_be_between(pixel_00)"],
+        ["expect_column_values_to_be_in_set(label)"],
+        ["expect_column_values_to_be_between(pixel_07)"],
+    ]
+    validated = artifacts.read_parquet(validated_key(DAY))
+    assert validated.height == 259 and "_source_file" not in validated.columns
+    assert tree_bytes(lepton_home / "landing") == before
+
+
+def test_rerunning_a_partition_is_byte_identical(seeded, artifacts, instance):
+    assert materialize(instance).success
+    first = {k: artifacts.read_bytes(k) for k in (raw_key(DAY), validated_key(DAY))}
+    assert materialize(instance).success
+    assert {k: artifacts.read_bytes(k) for k in first} == first
+
+
+def test_too_many_quarantined_rows_fail_the_blocking_check(seeded, lepton_home, instance):
+    frame = seeded.read_parquet(f"{DAY}/batch-a.parquet").with_columns(pl.lit(99).alias("label"))
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    seeded.write_bytes(f"{DAY}/batch-a.parquet", buf.getvalue())
+    result = materialize(instance)
+    check = result.get_asset_check_evaluations()[0]
+    assert not check.passed
+    assert check.description is not None and "quarantined > threshold" in check.description
+
+
+def test_a_day_without_landing_files_fails_naming_the_uri_and_date(seeded, instance):
+    result = materialize(instance, partition_key="2025-06-01")
+    assert not result.success
+    error = result.failure_data_for_node("raw_batches")
+    assert error is not None and error.error is not None and error.error.cause is not None
+    assert error.error.cause.cls_name == "IngestionError"
+    assert "no landing files for 2025-06-01 under file://" in error.error.cause.message
+
+
+def test_an_unreadable_file_names_the_file(seeded):
+    from lepton_assets.dataset_spec import DIGITS_SPEC
+    from lepton_assets.ingestion import read_landing_file
+
+    with pytest.raises(IngestionError, match=r"2026-01-01/broken.parquet: unreadable"):
+        read_landing_file("2026-01-01/broken.parquet", b"PAR1 not really", DIGITS_SPEC)

@@ -1,0 +1,33 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from lepton_assets.definitions import defs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_name_the_jobs_groups_and_checks():
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "training_job"}
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.materializable_asset_keys}
+    assert groups == {
+        "raw_batches": "ingestion",
+        "validated_batches": "validation",
+        "training_dataset": "training",
+        "trained_model": "training",
+        "compressed_model": "compression",
+        "evaluation_report": "evaluation",
+        "champion_model": "evaluation",
+    }
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == {("validated_batches", "expectation_suite"), ("evaluation_report", "blessed")}
+
+
+def test_dagster_definitions_validate_passes_on_the_workspace():
+    dagster = Path(sys.executable).parent / "dagster"
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,54 @@
+import polars as pl
+
+from lepton_assets.dataset_spec import DIGITS_SPEC
+from lepton_assets.demo import digits_frame
+from resources.expectations import (
+    ExpectationsResource,
+    build_suite,
+    row_failures,
+    table_failures,
+)
+
+
+def test_suite_covers_schema_ids_labels_and_every_feature():
+    suite = build_suite(DIGITS_SPEC)
+    types = [e.expectation_type for e in suite.expectations]
+    assert types.count("expect_table_columns_to_match_set") == 1
+    assert types.count("expect_column_values_to_be_unique") == 1
+    assert types.count("expect_column_values_to_be_in_set") == 1
+    assert types.count("expect_column_values_to_be_between") == 64
+    assert types.count("expect_column_values_to_not_be_null") == 2 + 64
+    assert len(types) == 133
+
+
+def test_clean_digits_pass_the_suite():
+    result = ExpectationsResource().validate(digits_frame().head(200), build_suite(DIGITS_SPEC))
+    assert result.success
+    assert row_failures(result) == {}
+
+
+def test_bad_rows_are_named_with_the_rules_they_broke():
+    frame = digits_frame().head(50).with_row_index("_n")
+    frame = frame.with_columns(
+        pl.when(pl.col("_n") == 3).then(99.0).otherwise(pl.col("pixel_05")).alias("pixel_05"),
+        pl.when(pl.col("_n") == 7).then(12).otherwise(pl.col("label")).alias("label"),
+        pl.when(pl.col("_n") == 9).then(None).otherwise(pl.col("pixel_63")).alias("pixel_63"),
+        pl.when(pl.col("_n") == 11).then(pl.lit("digits-0000"))
+        .otherwise(pl.col("sample_id")).alias("sample_id"),
+    ).drop("_n")
+    result = ExpectationsResource().validate(frame, build_suite(DIGITS_SPEC))
+    assert not result.success
+    assert row_failures(result) == {
+        3: ["expect_column_values_to_be_between(pixel_05)"],
+        7: ["expect_column_values_to_be_in_set(label)"],
+        9: ["expect_column_values_to_not_be_null(pixel_63)"],
+        0: ["expect_column_values_to_be_unique(sample_id)"],
+        11: ["expect_column_values_to_be_unique(sample_id)"],
+    }
+    assert table_failures(result) == []
+
+
+def test_a_wrong_schema_is_a_batch_failure():
+    frame = digits_frame().head(20).rename({"pixel_00": "pixel_xx"})
+    result = ExpectationsResource().validate(frame, build_suite(DIGITS_SPEC))
+    assert "expect_table_columns_to_match_set" in table_failures(result)
