@@ -31,8 +31,11 @@ def champion_model(
         )
     record = promote(
         store,
-        {"model_prefix": ev["candidate_model"], "test_accuracy": ev["candidate"]["accuracy"],
-         "report": f"{report_prefix}/report.html"},
+        {
+            "model_prefix": ev["candidate_model"],
+            "test_accuracy": ev["candidate"]["accuracy"],
+            "report": f"{report_prefix}/report.html",
+        },
         context.run.run_id,
     )
     context.log.info(f"promoted {record['model_prefix']} (previous: {record['previous']})")

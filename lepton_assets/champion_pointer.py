@@ -27,8 +27,12 @@ def champion_history(store: ArtifactStore) -> list[dict[str, Any]]:
 def promote(store: ArtifactStore, entry: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Point the champion at ``entry['model_prefix']`` and record it in the history."""
     now = datetime.now(UTC)
-    record = {**entry, "promoted_at": now.isoformat(), "run_id": run_id,
-              "previous": (current_champion(store) or {}).get("model_prefix")}
+    record = {
+        **entry,
+        "promoted_at": now.isoformat(),
+        "run_id": run_id,
+        "previous": (current_champion(store) or {}).get("model_prefix"),
+    }
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     history_key = f"{HISTORY_PREFIX}/{stamp}-{run_id[:8]}.json"
     if store.exists(history_key):

@@ -40,8 +40,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
     prepare_home()
     landing = LandingZoneResource().get_store()
     written = seed_landing(landing, args.days, args.end)
-    print(f"landing zone {landing.uri}: {len(written)} new files for {args.days} days "
-          f"ending {args.end}")
+    print(
+        f"landing zone {landing.uri}: {len(written)} new files for {args.days} days "
+        f"ending {args.end}"
+    )
     return 0
 
 
@@ -66,8 +68,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     store = ArtifactStoreResource().get_store()
     report = store.read_json("current/evaluation_report.json")["prefix"]
     ev = store.read_json(f"{report}/evaluation.json")
-    print(f"test accuracy: {ev['candidate']['accuracy']:.4f} ({ev['variant']}, "
-          f"{'blessed' if ev['blessed'] else 'not blessed'})")
+    print(
+        f"test accuracy: {ev['candidate']['accuracy']:.4f} ({ev['variant']}, "
+        f"{'blessed' if ev['blessed'] else 'not blessed'})"
+    )
     print(f"evaluation report: {store.url(report + '/report.html')}")
     print(f"Dagster home: {os.environ['DAGSTER_HOME']} (open it with: lepton ui)")
     return 0
@@ -80,14 +84,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lepton", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lepton", description="Seed, run and watch the Lepton ML lifecycle."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, text in (("seed", cmd_seed, "write the demo landing files"),
-                             ("demo", cmd_demo, "seed and run the whole lifecycle")):
+    for name, func, text in (
+        ("seed", cmd_seed, "write the demo landing files"),
+        ("demo", cmd_demo, "seed and run the whole lifecycle"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--days", type=int, default=7, help="number of daily partitions")
-        p.add_argument("--end", type=date.fromisoformat, default=yesterday(),
-                       help="last day (YYYY-MM-DD); default yesterday (UTC)")
+        p.add_argument(
+            "--end",
+            type=date.fromisoformat,
+            default=yesterday(),
+            help="last day (YYYY-MM-DD); default yesterday (UTC)",
+        )
         p.set_defaults(func=func)
     ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)

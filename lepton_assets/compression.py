@@ -30,7 +30,9 @@ from lepton_assets.training import current_key, load_split, trained_model
 from resources.artifact_store import ArtifactStoreResource
 
 
-def features_and_labels(frame: pl.DataFrame, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_labels(
+    frame: pl.DataFrame, spec: DatasetSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     features = torch.from_numpy(frame.select(spec.feature_columns).to_numpy().astype("float32"))
     index = {c: i for i, c in enumerate(spec.classes)}
     labels = torch.tensor([index[v] for v in frame[spec.label_column].to_list()])
@@ -41,24 +43,25 @@ def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> 
     return float((predict_logits(model, features).argmax(1) == labels).float().mean())
 
 
-def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+def prunable(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
     """Zero the ``sparsity`` fraction of smallest-magnitude weights over all layers at once."""
+    layers = prunable(model)
     prune.global_unstructured(
-        prunable(model), pruning_method=prune.L1Unstructured, amount=sparsity
+        [(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=sparsity
     )
-    for module, name in prunable(model):
-        prune.remove(module, name)  # make the masks permanent: plain weights again
+    for module in layers:
+        prune.remove(module, "weight")  # make the masks permanent: plain weights again
     return model
 
 
 def weight_sparsity(model: nn.Module) -> float:
-    weights = [m.weight for m, _ in prunable(model)]
+    weights = [m.weight.detach() for m in prunable(model)]
     total = sum(w.numel() for w in weights)
-    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+    return sum(int(torch.count_nonzero(w == 0)) for w in weights) / total if total else 0.0
 
 
 def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 50) -> dict[str, float]:
@@ -81,7 +84,9 @@ class CompressionConfig(dg.Config):
         default=0.5, ge=0.0, lt=1.0, description="fraction of weights zeroed by magnitude pruning"
     )
     max_accuracy_drop: float = Field(
-        default=1.0, ge=0.0, description="largest validation-accuracy drop (in points) against "
+        default=1.0,
+        ge=0.0,
+        description="largest validation-accuracy drop (in points) against "
         "fp32 that a chosen variant may have",
     )
     objective: Literal["size", "latency"] = Field(
@@ -95,7 +100,8 @@ def choose_variant(
     """The variant best on the objective among those within the drop of fp32's accuracy."""
     baseline = next(r for r in rows if r["variant"] == "fp32")
     eligible = [
-        r for r in rows
+        r
+        for r in rows
         if (baseline["val_accuracy"] - r["val_accuracy"]) * 100 <= max_drop_points + 1e-9
     ]
     metric = "size_gzip_bytes" if objective == "size" else "latency_b1_p50_ms"
@@ -124,9 +130,7 @@ def compressed_model(
     spec = DatasetSpec.model_validate(
         store.read_json(f"datasets/{info['dataset_version']}/dataset.json")["spec"]
     )
-    features, labels = features_and_labels(
-        load_split(store, info["dataset_version"], "val"), spec
-    )
+    features, labels = features_and_labels(load_split(store, info["dataset_version"], "val"), spec)
     builders: dict[str, Callable[[], nn.Module]] = {
         "fp32": lambda: load_model(store, source)[0],
         "pruned": lambda: magnitude_prune(load_model(store, source)[0], config.sparsity),
@@ -144,18 +148,22 @@ def compressed_model(
         weights = model_bytes(model)
         prefix = f"compressed/{name}/{variant}"
         save_model(store, prefix, model, {**info, **extra_info[variant], "variant": variant})
-        rows.append({
-            "variant": variant,
-            "prefix": prefix,
-            "size_bytes": len(weights),
-            "size_gzip_bytes": len(gzip.compress(weights, mtime=0)),
-            "sparsity": round(weight_sparsity(model), 4) if variant != "int8_dynamic" else None,
-            "val_accuracy": round(accuracy(model, features, labels), 5),
-            "latency_b1_p50_ms": latency_ms(model, features[:1])["p50"],
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "prefix": prefix,
+                "size_bytes": len(weights),
+                "size_gzip_bytes": len(gzip.compress(weights, mtime=0)),
+                "sparsity": round(weight_sparsity(model), 4) if variant != "int8_dynamic" else None,
+                "val_accuracy": round(accuracy(model, features, labels), 5),
+                "latency_b1_p50_ms": latency_ms(model, features[:1])["p50"],
+            }
+        )
     chosen = choose_variant(rows, config.max_accuracy_drop, config.objective)
     store.write_json(f"compressed/{name}/variants.json", rows)
-    store.write_json(current_key("compressed_model"), {"prefix": chosen["prefix"], "source": source})
+    store.write_json(
+        current_key("compressed_model"), {"prefix": chosen["prefix"], "source": source}
+    )
     context.log.info(f"chose {chosen['variant']} by {config.objective}: {chosen}")
     table = pl.DataFrame(rows).drop("prefix")
     return dg.MaterializeResult(
@@ -173,6 +181,8 @@ def compressed_model(
 def markdown_table(frame: pl.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join("" if v is None else str(v) for v in row) + " |"
-            for row in frame.iter_rows()]
+    body = [
+        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
+        for row in frame.iter_rows()
+    ]
     return "\n".join([header, rule, *body])

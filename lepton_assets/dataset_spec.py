@@ -28,7 +28,9 @@ class DatasetSpec(BaseModel):
         default=None, description="model input shape, e.g. [1, 8, 8]; None: a flat vector"
     )
     quarantine_threshold: float = Field(
-        default=0.05, ge=0.0, le=1.0,
+        default=0.05,
+        ge=0.0,
+        le=1.0,
         description="largest fraction of a partition's rows that may be quarantined before "
         "the partition's blocking check fails",
     )

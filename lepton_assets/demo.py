@@ -8,6 +8,7 @@ CSV (alternating, and one day split over both), as an upstream system would drop
 import io
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 from sklearn.datasets import load_digits
 
@@ -17,14 +18,14 @@ from resources.artifact_store import ArtifactStore
 
 def digits_frame() -> pl.DataFrame:
     """All digits as one frame in the demo's landing schema (ids ``digits-0000`` …)."""
-    bunch = load_digits()
+    images, targets = (np.asarray(a) for a in load_digits(return_X_y=True))
     spec = DIGITS_SPEC
     data = {
-        spec.id_column: [f"digits-{i:04d}" for i in range(len(bunch.target))],
-        spec.label_column: bunch.target.astype("int64"),
+        spec.id_column: [f"digits-{i:04d}" for i in range(len(targets))],
+        spec.label_column: targets.astype("int64"),
     }
     for j, column in enumerate(spec.feature_columns):
-        data[column] = bunch.data[:, j].astype("float64")
+        data[column] = images[:, j].astype("float64")
     return pl.DataFrame(data)
 
 

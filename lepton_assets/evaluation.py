@@ -41,16 +41,26 @@ def evaluate_model(model: Any, features: Any, labels: Any, classes: list[int]) -
     predicted = predict_logits(model, features).argmax(1).numpy()
     truth = labels.numpy()
     k = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=k, zero_division=0
+    precision, recall, f1, support = (
+        np.asarray(values)
+        for values in precision_recall_fscore_support(
+            truth,
+            predicted,
+            labels=k,
+            zero_division=0,  # pyright: ignore[reportArgumentType]
+        )
     )
     return {
         "accuracy": round(float((predicted == truth).mean()), 5),
         "macro_f1": round(float(f1_score(truth, predicted, labels=k, average="macro")), 5),
         "per_class": [
-            {"class": classes[i], "precision": round(float(precision[i]), 4),
-             "recall": round(float(recall[i]), 4), "f1": round(float(f1[i]), 4),
-             "support": int(support[i])}
+            {
+                "class": classes[i],
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(support[i]),
+            }
             for i in k
         ],
         "confusion_matrix": confusion_matrix(truth, predicted, labels=k).tolist(),
@@ -64,9 +74,13 @@ def bless(
     broken = []
     if candidate["accuracy"] < config.min_accuracy:
         broken.append(
-            f"test accuracy {candidate['accuracy']:.4f} is below the floor {config.min_accuracy:.4f}"
+            f"test accuracy {candidate['accuracy']:.4f} is below the floor "
+            f"{config.min_accuracy:.4f}"
         )
-    if champion is not None and candidate["accuracy"] < champion["accuracy"] - config.max_regression:
+    if (
+        champion is not None
+        and candidate["accuracy"] < champion["accuracy"] - config.max_regression
+    ):
         broken.append(
             f"test accuracy {candidate['accuracy']:.4f} is more than {config.max_regression:.4f} "
             f"below the champion's {champion['accuracy']:.4f}"
@@ -96,9 +110,13 @@ def confusion_png(matrix: list[list[int]], classes: list[int]) -> bytes:
 
 def report_markdown(ev: dict[str, Any]) -> str:
     cand, champ = ev["candidate"], ev["champion"]
-    verdict = "**BLESSED**: promoted to champion" if ev["blessed"] else (
-        "**NOT BLESSED**: the champion stays. Broken rules:\n" +
-        "\n".join(f"- {rule}" for rule in ev["broken_rules"])
+    verdict = (
+        "**BLESSED**: promoted to champion"
+        if ev["blessed"]
+        else (
+            "**NOT BLESSED**: the champion stays. Broken rules:\n"
+            + "\n".join(f"- {rule}" for rule in ev["broken_rules"])
+        )
     )
     lines = [
         f"# Evaluation of `{ev['candidate_model']}`",
@@ -114,14 +132,23 @@ def report_markdown(ev: dict[str, Any]) -> str:
     ]
     if champ is not None:
         lines.append(
-            f"| champion `{ev['champion_model']}` | {champ['accuracy']:.4f} | {champ['macro_f1']:.4f} |"
+            f"| champion `{ev['champion_model']}` | {champ['accuracy']:.4f} "
+            f"| {champ['macro_f1']:.4f} |"
         )
     else:
         lines.append("| champion | (none yet) | |")
-    lines += ["", "## Per class (candidate)", "", "| class | precision | recall | F1 | support |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-              f"{r['support']} |" for r in cand["per_class"]]
+    lines += [
+        "",
+        "## Per class (candidate)",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+        f"{r['support']} |"
+        for r in cand["per_class"]
+    ]
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     return "\n".join(lines)
 
@@ -134,9 +161,13 @@ def report_html(markdown: str, png: bytes, title: str) -> str:
     def flush_table() -> None:
         if table:
             head, *rows = table
-            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" +
-                        "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-                        + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
             table.clear()
 
     for line in markdown.splitlines():
@@ -159,10 +190,14 @@ def report_html(markdown: str, png: bytes, title: str) -> str:
         elif line:
             body.append(f"<p>{text}</p>")
     flush_table()
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def champion_metrics(
@@ -218,10 +253,15 @@ def evaluation_report(
     )
     broken = bless(candidate, champion, config)
     ev = {
-        "candidate_model": candidate_prefix, "variant": info["variant"],
-        "dataset_version": info["dataset_version"], "test_rows": int(labels.shape[0]),
-        "candidate": candidate, "champion_model": champion_prefix, "champion": champion,
-        "blessed": not broken, "broken_rules": broken,
+        "candidate_model": candidate_prefix,
+        "variant": info["variant"],
+        "dataset_version": info["dataset_version"],
+        "test_rows": int(labels.shape[0]),
+        "candidate": candidate,
+        "champion_model": champion_prefix,
+        "champion": champion,
+        "blessed": not broken,
+        "broken_rules": broken,
     }
     report_prefix = f"reports/{candidate_prefix.removeprefix('compressed/')}"
     png = confusion_png(candidate["confusion_matrix"], spec.classes)
@@ -247,8 +287,10 @@ def evaluation_report(
                 passed=not broken,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description="; ".join(broken) if broken else "meets every promotion rule",
-                metadata={"test_accuracy": candidate["accuracy"],
-                          "champion_accuracy": champion["accuracy"] if champion else None},
+                metadata={
+                    "test_accuracy": candidate["accuracy"],
+                    "champion_accuracy": champion["accuracy"] if champion else None,
+                },
             )
         ],
     )

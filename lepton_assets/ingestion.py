@@ -87,8 +87,14 @@ def raw_batches(
     for key in files:
         data = landing_store.read_bytes(key)
         frames.append(read_landing_file(key, data, spec))
-        sources.append({"file": landing_store.url(key), "sha256": sha256_bytes(data),
-                        "bytes": len(data), "rows": frames[-1].height})
+        sources.append(
+            {
+                "file": landing_store.url(key),
+                "sha256": sha256_bytes(data),
+                "bytes": len(data),
+                "rows": frames[-1].height,
+            }
+        )
     batch = pl.concat(frames, how="vertical")
     store = artifacts.get_store()
     digest = store.write_parquet(raw_key(day), batch)

@@ -24,6 +24,9 @@ ARCHITECTURES = ("mlp", "cnn")
 
 
 class Standardize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_features))
@@ -48,21 +51,29 @@ def build_model(
     """A fresh model; ``arch`` is ``mlp`` (any input) or ``cnn`` (needs a C×H×W input shape)."""
     if arch == "mlp":
         body: list[nn.Module] = [
-            nn.Linear(num_features, 256), nn.ReLU(),
-            nn.Linear(256, 128), nn.ReLU(),
+            nn.Linear(num_features, 256),
+            nn.ReLU(),
+            nn.Linear(256, 128),
+            nn.ReLU(),
             nn.Linear(128, num_classes),
         ]
     elif arch == "cnn":
         if input_shape is None or len(input_shape) != 3:
-            raise ValueError(f"cnn needs a [channels, height, width] input shape, got {input_shape}")
+            raise ValueError(
+                f"cnn needs a [channels, height, width] input shape, got {input_shape}"
+            )
         channels, height, width = input_shape
         pooled = (height // 2) * (width // 2)
         body = [
             Reshape(input_shape),
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(64 * pooled, 128), nn.ReLU(),
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * pooled, 128),
+            nn.ReLU(),
             nn.Linear(128, num_classes),
         ]
     else:
@@ -70,6 +81,15 @@ def build_model(
     if input_shape is not None and math.prod(input_shape) != num_features:
         raise ValueError(f"input shape {input_shape} does not hold {num_features} features")
     return nn.Sequential(Standardize(num_features), *body)
+
+
+def set_standardization(model: nn.Sequential, mean: list[float], std: list[float]) -> None:
+    """Store the training split's feature statistics in the model's first layer."""
+    standardize = model[0]
+    if not isinstance(standardize, Standardize):
+        raise TypeError(f"first layer is {type(standardize).__name__}, not Standardize")
+    standardize.mean.copy_(torch.tensor(mean))
+    standardize.std.copy_(torch.tensor(std))
 
 
 def default_arch(input_shape: list[int] | None) -> str:
@@ -87,9 +107,7 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        return torch.ao.quantization.quantize_dynamic(
-            model.eval(), {nn.Linear}, dtype=torch.qint8
-        )
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8)
 
 
 def model_bytes(model: nn.Module) -> bytes:
@@ -130,7 +148,9 @@ def load_model(store: ArtifactStore, prefix: str) -> tuple[nn.Module, dict[str, 
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, features: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
     """Logits in float32 for a float32 feature matrix, whatever the model's dtype."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     outputs = [

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from lepton_assets.dataset_spec import DatasetSpec
-from lepton_assets.models import build_model, save_model
+from lepton_assets.models import build_model, save_model, set_standardization
 from lepton_assets.training import dataset_prefix, load_split
 from resources.artifact_store import ArtifactStore
 
@@ -92,12 +92,8 @@ def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None)
     train_loader = DataLoader(train_set, batch_size=job["batch_size"], sampler=train_sampler)
     val_loader = DataLoader(val_set, batch_size=256, sampler=val_sampler)
 
-    model = build_model(
-        job["arch"], len(spec.feature_columns), len(spec.classes), spec.input_shape
-    )
-    standardize = model[0]
-    standardize.mean.copy_(torch.tensor(info["stats"]["mean"]))
-    standardize.std.copy_(torch.tensor(info["stats"]["std"]))
+    model = build_model(job["arch"], len(spec.feature_columns), len(spec.classes), spec.input_shape)
+    set_standardization(model, info["stats"]["mean"], info["stats"]["std"])
     model.to(device)
 
     # Horovod: scale the learning rate by the number of processes.
@@ -127,8 +123,13 @@ def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None)
         # Horovod: samples/s of the whole job, all ranks together.
         throughput = metric_average(seen / (time.perf_counter() - epoch_start), "tput") * hvd.size()
         val_loss, val_accuracy = evaluate(model, val_loader, device)
-        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-               "val_accuracy": round(val_accuracy, 5), "samples_per_s": round(throughput, 1)}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 5),
+            "val_loss": round(val_loss, 5),
+            "val_accuracy": round(val_accuracy, 5),
+            "samples_per_s": round(throughput, 1),
+        }
         history.append(row)
         if pipes is not None:
             pipes.log.info(
@@ -140,10 +141,15 @@ def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None)
 
     if pipes is not None:  # rank 0
         model_info = {
-            "arch": job["arch"], "num_features": len(spec.feature_columns),
-            "num_classes": len(spec.classes), "classes": spec.classes,
-            "input_shape": spec.input_shape, "feature_columns": spec.feature_columns,
-            "dataset_version": job["dataset_version"], "variant": "fp32", "dtype": "float32",
+            "arch": job["arch"],
+            "num_features": len(spec.feature_columns),
+            "num_classes": len(spec.classes),
+            "classes": spec.classes,
+            "input_shape": spec.input_shape,
+            "feature_columns": spec.feature_columns,
+            "dataset_version": job["dataset_version"],
+            "variant": "fp32",
+            "dtype": "float32",
         }
         prefix = job["output_prefix"]
         digest = save_model(store, prefix, model.cpu(), model_info)
@@ -164,7 +170,7 @@ def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Lepton's Horovod training worker (one rank).")
     parser.add_argument("--artifacts-uri", required=True)
     parser.add_argument("--job-key", required=True, help="artifact key of the job's JSON")
     args = parser.parse_args(argv)

@@ -127,7 +127,9 @@ def training_dataset(
     store = artifacts.get_store()
     accepted, left_out = accepted_partitions(store)
     if not accepted:
-        raise ValueError(f"no validated partition with a passing check under {store.url('validated')}/")
+        raise ValueError(
+            f"no validated partition with a passing check under {store.url('validated')}/"
+        )
     if left_out:
         context.log.warning(f"left out partitions whose validation check failed: {left_out}")
     version, info = build_dataset(store, spec, accepted)
@@ -147,13 +149,16 @@ class TrainingConfig(dg.Config):
     """Knobs of one training run, shown in the Launchpad."""
 
     arch: str = Field(
-        default="", description=f"model architecture, one of {ARCHITECTURES}; empty: cnn for "
+        default="",
+        description=f"model architecture, one of {ARCHITECTURES}; empty: cnn for "
         "image-shaped inputs, else mlp",
     )
     epochs: int = Field(default=25, ge=1, description="passes over the training split")
     batch_size: int = Field(default=32, ge=1, description="samples per step on each process")
     learning_rate: float = Field(
-        default=1e-3, gt=0, description="Adam learning rate of one process; scaled by the "
+        default=1e-3,
+        gt=0,
+        description="Adam learning rate of one process; scaled by the "
         "number of processes (Horovod's linear scaling rule)",
     )
     seed: int = Field(default=0, description="seed of initialization and shuffling")

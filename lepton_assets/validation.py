@@ -80,7 +80,7 @@ def validated_batches(
     day = context.partition_key
     raw = store.read_parquet(raw_key(day))
     suite = build_suite(spec)
-    result = expectations.validate(raw.select(spec.columns), suite)
+    result = expectations.run_suite(raw.select(spec.columns), suite)
     clean, rejected = split_by_failures(raw, row_failures(result))
     batch_failures = table_failures(result)
 
@@ -100,8 +100,14 @@ def validated_batches(
     broken = {row[0]: row[1] for row in rule_counts.iter_rows()}
     store.write_json(
         validated_manifest_key(day),
-        {"partition": day, "rows": clean.height, "quarantined": rejected.height,
-         "sha256": digest, "check_passed": passed, "suite": suite.name},
+        {
+            "partition": day,
+            "rows": clean.height,
+            "quarantined": rejected.height,
+            "sha256": digest,
+            "check_passed": passed,
+            "suite": suite.name,
+        },
     )
     if rejected.height:
         first = rejected.row(0, named=True)
@@ -131,9 +137,12 @@ def validated_batches(
                 passed=passed,
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata=check_metadata,
-                description=None if passed else (
-                    f"batch rules failed: {batch_failures}" if batch_failures else
-                    f"{fraction:.1%} of rows quarantined > threshold "
+                description=None
+                if passed
+                else (
+                    f"batch rules failed: {batch_failures}"
+                    if batch_failures
+                    else f"{fraction:.1%} of rows quarantined > threshold "
                     f"{spec.quarantine_threshold:.1%}"
                 ),
             )

@@ -122,7 +122,10 @@ class ArtifactStore:
 
     # -- reads -------------------------------------------------------------------------
     def read_bytes(self, key: str) -> bytes:
-        return self.fs.cat_file(self.path(key))
+        data = self.fs.cat_file(self.path(key))
+        if not isinstance(data, bytes):  # fsspec types it loosely; files always give bytes
+            raise TypeError(f"{self.url(key)}: expected bytes, got {type(data).__name__}")
+        return data
 
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")

@@ -41,7 +41,7 @@ def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
 
 
 def rule_name(result: Any) -> str:
-    """A readable name for one expectation, e.g. ``expect_column_values_to_be_between(pixel_03)``."""
+    """A readable rule name, e.g. ``expect_column_values_to_be_between(pixel_03)``."""
     config = result.expectation_config
     column = config.kwargs.get("column")
     return f"{config.type}({column})" if column else config.type
@@ -75,7 +75,7 @@ def table_failures(result: ExpectationSuiteValidationResult) -> list[str]:
 class ExpectationsResource(dg.ConfigurableResource):
     """Runs a GX expectation suite on a batch with GX's pandas engine, in an ephemeral context."""
 
-    def validate(
+    def run_suite(
         self, frame: pl.DataFrame, suite: gx.ExpectationSuite
     ) -> ExpectationSuiteValidationResult:
         context = gx.get_context(
@@ -86,7 +86,7 @@ class ExpectationsResource(dg.ConfigurableResource):
                 progress_bars=ProgressBarsConfig(globally=False),
             ),
         )
-        suite = context.suites.add(gx.ExpectationSuite(**suite.to_json_dict()))
+        suite = context.suites.add(suite)
         batch_definition = (
             context.data_sources.add_pandas("lepton")
             .add_dataframe_asset("batch")

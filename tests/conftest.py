@@ -49,4 +49,6 @@ def instance(tmp_path: Path):
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under root with its bytes, to prove a tree was left untouched."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

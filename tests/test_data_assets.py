@@ -18,8 +18,11 @@ DAY = "2026-01-01"  # the first day of the seeded demo (DEMO_END - 6 days)
 
 def materialize(instance: dg.DagsterInstance, partition_key: str = DAY):
     return dg.materialize(
-        [raw_batches, validated_batches], resources=defs.resources, instance=instance,
-        partition_key=partition_key, raise_on_error=False,
+        [raw_batches, validated_batches],
+        resources=defs.resources,
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
     )
 
 
@@ -28,15 +31,20 @@ def add_late_csv(landing: ArtifactStore) -> None:
     row = landing.read_parquet(f"{DAY}/batch-a.parquet").head(1)
 
     def variant(sample_id: str, **values: float) -> pl.DataFrame:
-        return row.with_columns(pl.lit(sample_id).alias("sample_id"),
-                                *[pl.lit(v).cast(row[k].dtype).alias(k) for k, v in values.items()])
+        return row.with_columns(
+            pl.lit(sample_id).alias("sample_id"),
+            *[pl.lit(v).cast(row[k].dtype).alias(k) for k, v in values.items()],
+        )
 
-    frame = pl.concat([
-        variant("ok-0"), variant("ok-1"),
-        variant("bad-label", label=11),
-        variant("bad-pixel", pixel_07=-5.0),
-        variant("bad-both", label=12, pixel_00=17.0),
-    ])
+    frame = pl.concat(
+        [
+            variant("ok-0"),
+            variant("ok-1"),
+            variant("bad-label", label=11),
+            variant("bad-pixel", pixel_07=-5.0),
+            variant("bad-both", label=12, pixel_00=17.0),
+        ]
+    )
     buf = io.BytesIO()
     frame.write_csv(buf)
     landing.write_bytes(f"{DAY}/late.csv", buf.getvalue())
@@ -47,7 +55,9 @@ def test_a_demo_day_ingests_and_validates_cleanly(seeded, artifacts, instance):
     assert result.success
     raw = artifacts.read_parquet(raw_key(DAY))
     assert raw.height == 257 and raw["_source_file"].unique().sort().to_list() == [
-        f"{DAY}/batch-a.parquet", f"{DAY}/batch-b.csv"]
+        f"{DAY}/batch-a.parquet",
+        f"{DAY}/batch-b.csv",
+    ]
     assert artifacts.read_parquet(validated_key(DAY)).height == 257
     assert artifacts.read_parquet(f"quarantine/{DAY}.parquet").height == 0
     checks = result.get_asset_check_evaluations()
@@ -68,8 +78,10 @@ def test_bad_rows_are_quarantined_with_file_line_and_rule_and_landing_is_untouch
         ("bad-pixel", f"{DAY}/late.csv", 4),
     ]
     assert quarantine["_failed_rules"].to_list() == [
-        ["expect_column_values_to_be_in_set(label)",
-         "expect_column_values_to_be_between(pixel_00)"],
+        [
+            "expect_column_values_to_be_in_set(label)",
+            "expect_column_values_to_be_between(pixel_00)",
+        ],
         ["expect_column_values_to_be_in_set(label)"],
         ["expect_column_values_to_be_between(pixel_07)"],
     ]

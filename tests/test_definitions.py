@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_definitions_name_the_jobs_groups_and_checks():
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "training_job"}
     graph = defs.resolve_asset_graph()
-    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.materializable_asset_keys}
+    groups = {
+        key.to_user_string(): graph.get(key).group_name for key in graph.materializable_asset_keys
+    }
     assert groups == {
         "raw_batches": "ingestion",
         "validated_batches": "validation",
@@ -28,6 +30,9 @@ def test_dagster_definitions_validate_passes_on_the_workspace():
     dagster = Path(sys.executable).parent / "dagster"
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,8 +12,15 @@ from resources.artifact_store import ArtifactStore
 
 from .conftest import DEMO_END
 
-ASSETS = ["raw_batches", "validated_batches", "training_dataset", "trained_model",
-          "compressed_model", "evaluation_report", "champion_model"]
+ASSETS = [
+    "raw_batches",
+    "validated_batches",
+    "training_dataset",
+    "trained_model",
+    "compressed_model",
+    "evaluation_report",
+    "champion_model",
+]
 
 
 @pytest.mark.slow
@@ -60,7 +67,9 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     if second["blessed"]:
         assert result.success
         assert [h["model_prefix"] for h in champion_history(store)] == [
-            champion["model_prefix"], second["candidate_model"]]
+            champion["model_prefix"],
+            second["candidate_model"],
+        ]
     else:  # the blocking check stops champion_model; the pointer stays
         assert not result.success
         assert current_champion(store) == champion

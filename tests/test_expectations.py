@@ -22,7 +22,7 @@ def test_suite_covers_schema_ids_labels_and_every_feature():
 
 
 def test_clean_digits_pass_the_suite():
-    result = ExpectationsResource().validate(digits_frame().head(200), build_suite(DIGITS_SPEC))
+    result = ExpectationsResource().run_suite(digits_frame().head(200), build_suite(DIGITS_SPEC))
     assert result.success
     assert row_failures(result) == {}
 
@@ -33,10 +33,12 @@ def test_bad_rows_are_named_with_the_rules_they_broke():
         pl.when(pl.col("_n") == 3).then(99.0).otherwise(pl.col("pixel_05")).alias("pixel_05"),
         pl.when(pl.col("_n") == 7).then(12).otherwise(pl.col("label")).alias("label"),
         pl.when(pl.col("_n") == 9).then(None).otherwise(pl.col("pixel_63")).alias("pixel_63"),
-        pl.when(pl.col("_n") == 11).then(pl.lit("digits-0000"))
-        .otherwise(pl.col("sample_id")).alias("sample_id"),
+        pl.when(pl.col("_n") == 11)
+        .then(pl.lit("digits-0000"))
+        .otherwise(pl.col("sample_id"))
+        .alias("sample_id"),
     ).drop("_n")
-    result = ExpectationsResource().validate(frame, build_suite(DIGITS_SPEC))
+    result = ExpectationsResource().run_suite(frame, build_suite(DIGITS_SPEC))
     assert not result.success
     assert row_failures(result) == {
         3: ["expect_column_values_to_be_between(pixel_05)"],
@@ -50,5 +52,5 @@ def test_bad_rows_are_named_with_the_rules_they_broke():
 
 def test_a_wrong_schema_is_a_batch_failure():
     frame = digits_frame().head(20).rename({"pixel_00": "pixel_xx"})
-    result = ExpectationsResource().validate(frame, build_suite(DIGITS_SPEC))
+    result = ExpectationsResource().run_suite(frame, build_suite(DIGITS_SPEC))
     assert "expect_table_columns_to_match_set" in table_failures(result)
