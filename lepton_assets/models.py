@@ -20,7 +20,7 @@ from torch import nn
 
 from resources.artifact_store import ArtifactStore
 
-ARCHITECTURES = ("mlp", "cnn")
+ARCHITECTURES = ("mlp", "cnn", "resnet")
 
 
 class Standardize(nn.Module):
@@ -36,6 +36,26 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class BasicBlock(nn.Module):
+    """ResNet's two-conv residual block, with a 1x1 projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
 class Reshape(nn.Module):
     def __init__(self, shape: list[int]) -> None:
         super().__init__()
@@ -48,7 +68,12 @@ class Reshape(nn.Module):
 def build_model(
     arch: str, num_features: int, num_classes: int, input_shape: list[int] | None = None
 ) -> nn.Sequential:
-    """A fresh model; ``arch`` is ``mlp`` (any input) or ``cnn`` (needs a C×H×W input shape)."""
+    """A fresh model: ``mlp`` (any input), ``cnn`` (small images such as 1×8×8 digits) or
+    ``resnet`` (a ResNet-style net for images such as 3×32×32); the last two need C×H×W."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
+    if input_shape is not None and math.prod(input_shape) != num_features:
+        raise ValueError(f"input shape {input_shape} does not hold {num_features} features")
     if arch == "mlp":
         body: list[nn.Module] = [
             nn.Linear(num_features, 256),
@@ -57,13 +82,11 @@ def build_model(
             nn.ReLU(),
             nn.Linear(128, num_classes),
         ]
-    elif arch == "cnn":
-        if input_shape is None or len(input_shape) != 3:
-            raise ValueError(
-                f"cnn needs a [channels, height, width] input shape, got {input_shape}"
-            )
-        channels, height, width = input_shape
-        pooled = (height // 2) * (width // 2)
+        return nn.Sequential(Standardize(num_features), *body)
+    if input_shape is None or len(input_shape) != 3:
+        raise ValueError(f"{arch} needs a [channels, height, width] input shape, got {input_shape}")
+    channels, height, width = input_shape
+    if arch == "cnn":
         body = [
             Reshape(input_shape),
             nn.Conv2d(channels, 32, 3, padding=1),
@@ -72,14 +95,23 @@ def build_model(
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * pooled, 128),
+            nn.Linear(64 * (height // 2) * (width // 2), 128),
             nn.ReLU(),
             nn.Linear(128, num_classes),
         ]
-    else:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
-    if input_shape is not None and math.prod(input_shape) != num_features:
-        raise ValueError(f"input shape {input_shape} does not hold {num_features} features")
+    else:  # resnet
+        body = [
+            Reshape(input_shape),
+            nn.Conv2d(channels, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            BasicBlock(32, 32, 1),
+            BasicBlock(32, 64, 2),
+            BasicBlock(64, 128, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(128, num_classes),
+        ]
     return nn.Sequential(Standardize(num_features), *body)
 
 
@@ -93,7 +125,9 @@ def set_standardization(model: nn.Sequential, mean: list[float], std: list[float
 
 
 def default_arch(input_shape: list[int] | None) -> str:
-    return "cnn" if input_shape is not None and len(input_shape) == 3 else "mlp"
+    if input_shape is None or len(input_shape) != 3:
+        return "mlp"
+    return "resnet" if input_shape[0] == 3 else "cnn"
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:

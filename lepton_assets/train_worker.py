@@ -5,11 +5,20 @@
 
 Follows Horovod's canonical PyTorch recipe; every distributed line is marked ``# Horovod:``.
 Rank 0 alone opens the Dagster Pipes channel: it streams per-epoch metrics to the Dagster
-log, saves the model and reports the materialization.
+log, writes a checkpoint every epoch, saves the model and reports the materialization.
+
+A job that finds a checkpoint under its ``checkpoint_prefix`` (same dataset version, same
+Dagster run or re-execution of it) resumes after the checkpoint's epoch instead of starting
+over. Under elastic Horovod (``horovodrun --min-np/--max-np``) the same loop runs inside
+``hvd.elastic.run`` and rolls back to the last epoch all ranks committed.
 """
 
 import argparse
 import contextlib
+import hashlib
+import io
+import os
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +26,7 @@ from typing import Any
 import horovod.torch as hvd
 import polars as pl
 import torch
-from dagster_pipes import PipesContext, open_dagster_pipes
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dagster_pipes
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
@@ -27,6 +36,8 @@ from lepton_assets.models import build_model, save_model, set_standardization
 from lepton_assets.training import dataset_prefix, load_split
 from resources.artifact_store import ArtifactStore
 
+MIN_IMPROVEMENT = 1e-4
+
 
 def tensors(frame: pl.DataFrame, spec: DatasetSpec) -> TensorDataset:
     features = torch.from_numpy(frame.select(spec.feature_columns).to_numpy().astype("float32"))
@@ -35,19 +46,34 @@ def tensors(frame: pl.DataFrame, spec: DatasetSpec) -> TensorDataset:
     return TensorDataset(features, labels)
 
 
-def metric_average(value: float, name: str) -> float:
-    # Horovod: average a scalar over all ranks.
-    return float(hvd.allreduce(torch.tensor(value, dtype=torch.float64), name=name))
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def warmup_factor(step: int, warmup_steps: int, size: int) -> float:
+    """Goyal et al.: ramp from the one-process rate to size × it over the warm-up steps."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return 1.0 / size + (1.0 - 1.0 / size) * step / warmup_steps
+
+
+def parameter_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy) over this rank's shard, averaged over ranks by sample count."""
+    """(mean loss, accuracy) over the whole split, each rank scoring its shard."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x).float()
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             count += len(y)
@@ -58,88 +84,242 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tupl
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(store: ArtifactStore, key: str) -> dict[str, Any] | None:
+    """Rank 0's checkpoint, if any, sent to every rank (loaded with weights_only=True)."""
+    state = None
+    if hvd.rank() == 0 and store.exists(key):
+        state = torch.load(io.BytesIO(store.read_bytes(key)), weights_only=True)
+    # Horovod: every rank resumes from the same checkpoint (or none).
+    return hvd.broadcast_object(state, root_rank=0, name="checkpoint")
+
+
 @contextlib.contextmanager
 def rank0_pipes() -> Iterator[PipesContext | None]:
-    """The Dagster Pipes context on rank 0; None elsewhere (only one rank may report)."""
-    if hvd.rank() == 0:
+    """The Dagster Pipes context on rank 0 when Dagster launched the job; else None.
+
+    Only one rank may report to Dagster. Without Pipes (``horovodrun`` by hand, tests) the
+    worker still trains, checkpoints and saves the model.
+    """
+    if hvd.rank() == 0 and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ:
         with open_dagster_pipes() as pipes:
             yield pipes
     else:
         yield None
 
 
-def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None) -> None:
-    info = store.read_json(f"{dataset_prefix(job['dataset_version'])}/dataset.json")
-    spec = DatasetSpec.model_validate(info["spec"])
-    torch.manual_seed(job["seed"])
+class Trainer:
+    """Everything one rank needs for the epochs loop; state that a checkpoint carries."""
 
-    # Horovod: pin the device to the local rank.
-    if torch.cuda.is_available():
-        torch.cuda.set_device(hvd.local_rank())
-        device = torch.device("cuda", hvd.local_rank())
-    else:
-        device = torch.device("cpu")
+    def __init__(self, store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None):
+        self.store, self.job, self.pipes = store, job, pipes
+        self.is_root = hvd.rank() == 0
+        info = store.read_json(f"{dataset_prefix(job['dataset_version'])}/dataset.json")
+        self.spec = DatasetSpec.model_validate(info["spec"])
+        seed_everything(job["seed"])
 
-    train_set = tensors(load_split(store, job["dataset_version"], "train"), spec)
-    val_set = tensors(load_split(store, job["dataset_version"], "val"), spec)
-    # Horovod: each rank reads its own shard; set_epoch below reshuffles it every epoch.
-    train_sampler = DistributedSampler(
-        train_set, num_replicas=hvd.size(), rank=hvd.rank(), shuffle=True, seed=job["seed"]
-    )
-    val_sampler = DistributedSampler(
-        val_set, num_replicas=hvd.size(), rank=hvd.rank(), shuffle=False
-    )
-    train_loader = DataLoader(train_set, batch_size=job["batch_size"], sampler=train_sampler)
-    val_loader = DataLoader(val_set, batch_size=256, sampler=val_sampler)
+        # Horovod: pin the device to the local rank.
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.set_device(hvd.local_rank())
+            self.device = torch.device("cuda", hvd.local_rank())
+        else:
+            self.device = torch.device("cpu")
 
-    model = build_model(job["arch"], len(spec.feature_columns), len(spec.classes), spec.input_shape)
-    set_standardization(model, info["stats"]["mean"], info["stats"]["std"])
-    model.to(device)
+        self.train_set = tensors(load_split(store, job["dataset_version"], "train"), self.spec)
+        self.val_set = tensors(load_split(store, job["dataset_version"], "val"), self.spec)
+        self.model = build_model(
+            job["arch"],
+            len(self.spec.feature_columns),
+            len(self.spec.classes),
+            self.spec.input_shape,
+        )
+        set_standardization(self.model, info["stats"]["mean"], info["stats"]["std"])
+        self.model.to(self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["amp"])
+        self.use_amp = self.cuda and self.amp_dtype is not None
+        # fp16 autocast needs loss scaling; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+        )
+        # Horovod: the one-process learning rate is scaled by the number of processes below.
+        # Any: prepare() swaps in Horovod's DistributedOptimizer, a class made at run time.
+        self.optimizer: Any = torch.optim.Adam(self.model.parameters(), lr=job["learning_rate"])
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {"val_loss": float("inf"), "epoch": 0, "model": None}
+        self.bad_epochs = 0
+        self.resumed_from = 0
 
-    # Horovod: scale the learning rate by the number of processes.
-    optimizer = torch.optim.Adam(model.parameters(), lr=job["learning_rate"] * hvd.size())
-    # Horovod: start every rank from rank 0's weights and optimizer state.
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-    # Horovod: average gradients over ranks at each step.
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_key(self) -> str:
+        return f"{self.job['checkpoint_prefix']}/latest.pt"
 
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    for epoch in range(1, job["epochs"] + 1):
-        model.train()
-        # Horovod: a different shuffle of the shards every epoch.
-        train_sampler.set_epoch(epoch)
-        epoch_start, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss) * len(y)
-            seen += len(y)
-        train_loss = metric_average(loss_sum / max(seen, 1), "train_loss")
-        # Horovod: samples/s of the whole job, all ranks together.
-        throughput = metric_average(seen / (time.perf_counter() - epoch_start), "tput") * hvd.size()
-        val_loss, val_accuracy = evaluate(model, val_loader, device)
-        row = {
-            "epoch": epoch,
-            "train_loss": round(train_loss, 5),
-            "val_loss": round(val_loss, 5),
-            "val_accuracy": round(val_accuracy, 5),
-            "samples_per_s": round(throughput, 1),
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
-        history.append(row)
-        if pipes is not None:
-            pipes.log.info(
-                f"epoch {epoch}/{job['epochs']}: train_loss={train_loss:.4f} "
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        self.resumed_from = self.epoch
+
+    def save_checkpoint(self) -> None:
+        if self.is_root:
+            self.store.write_bytes(self.checkpoint_key, checkpoint_bytes(self.state()))
+
+    # -- the loop ----------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.pipes is not None:
+            self.pipes.log.info(message)
+
+    def prepare(self) -> None:
+        checkpoint = load_checkpoint(self.store, self.checkpoint_key)
+        if checkpoint is not None:
+            self.restore(checkpoint)
+            self.log(f"resuming from checkpoint after epoch {self.epoch}")
+        # Horovod: start every rank from rank 0's weights and optimizer state.
+        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+        compression: Any = (
+            hvd.Compression.fp16 if self.job["fp16_allreduce"] else hvd.Compression.none
+        )
+        # Horovod: average gradients over ranks at each step (fp16 on the wire if asked).
+        self.optimizer = hvd.DistributedOptimizer(
+            self.optimizer,
+            named_parameters=self.model.named_parameters(),
+            compression=compression,
+        )
+
+    def loaders(self) -> tuple[DataLoader, DataLoader, DistributedSampler]:
+        # Horovod: each rank reads its own shard; set_epoch reshuffles it every epoch.
+        # Built per call so an elastic reset picks up the new size and rank.
+        train_sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=hvd.size(),
+            rank=hvd.rank(),
+            shuffle=True,
+            seed=self.job["seed"],
+        )
+        val_sampler = DistributedSampler(
+            self.val_set, num_replicas=hvd.size(), rank=hvd.rank(), shuffle=False
+        )
+        train = DataLoader(
+            self.train_set,
+            batch_size=self.job["batch_size"],
+            sampler=train_sampler,
+            pin_memory=self.cuda,
+        )
+        val = DataLoader(self.val_set, batch_size=256, sampler=val_sampler, pin_memory=self.cuda)
+        return train, val, train_sampler
+
+    def train_epoch(self, loader: DataLoader) -> tuple[float, float]:
+        """One pass over this rank's shard; (mean loss over all ranks, samples/s of the job)."""
+        self.model.train()
+        size, steps = hvd.size(), len(loader)
+        warmup_steps = self.job["warmup_epochs"] * steps
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for i, (x, y) in enumerate(loader):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            step = self.epoch * steps + i
+            for group in self.optimizer.param_groups:
+                # Horovod: learning rate × size, reached after the warm-up.
+                group["lr"] = (
+                    self.job["learning_rate"] * size * warmup_factor(step, warmup_steps, size)
+                )
+            self.optimizer.zero_grad()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                loss = nn.functional.cross_entropy(self.model(x), y)
+            self.scaler.scale(loss).backward()
+            # Horovod: finish the gradient allreduce before the scaler looks at gradients.
+            self.optimizer.synchronize()
+            with self.optimizer.skip_synchronize():
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+        seconds = time.perf_counter() - started
+        # Horovod: average the loss and add up throughput over all ranks.
+        totals = hvd.allreduce(
+            torch.tensor([loss_sum, seen, seen / seconds], dtype=torch.float64),
+            op=hvd.Sum,
+            name="train_totals",
+        )
+        return float(totals[0] / totals[1]), float(totals[2])
+
+    def run(self, commit: Any = None) -> None:
+        """Epochs from the one after the last completed, until done or stopped early."""
+        train_loader, val_loader, train_sampler = self.loaders()
+        patience = self.job["patience"]
+        while self.epoch < self.job["epochs"]:
+            # Horovod: a different shuffle of the shards every epoch.
+            train_sampler.set_epoch(self.epoch)
+            train_loss, throughput = self.train_epoch(train_loader)
+            val_loss, val_accuracy = evaluate(self.model, val_loader, self.device)
+            self.epoch += 1
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "train_loss": round(train_loss, 5),
+                    "val_loss": round(val_loss, 5),
+                    "val_accuracy": round(val_accuracy, 5),
+                    "samples_per_s": round(throughput, 1),
+                }
+            )
+            if val_loss < self.best["val_loss"] - MIN_IMPROVEMENT:
+                self.best = {
+                    "val_loss": val_loss,
+                    "epoch": self.epoch,
+                    "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                }
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            self.log(
+                f"epoch {self.epoch}/{self.job['epochs']}: train_loss={train_loss:.4f} "
                 f"val_loss={val_loss:.4f} val_accuracy={val_accuracy:.4f} "
                 f"samples/s={throughput:.0f}"
             )
-    seconds = time.perf_counter() - started
+            self.save_checkpoint()
+            if commit is not None:
+                commit()
+            if patience and self.bad_epochs >= patience:
+                self.log(
+                    f"early stop: no val_loss gain for {patience} epochs; "
+                    f"keeping epoch {self.best['epoch']}"
+                )
+                break
 
-    if pipes is not None:  # rank 0
+    def finish(self) -> None:
+        if self.best["model"] is not None:
+            self.model.load_state_dict(self.best["model"])
+        # Horovod: every rank must end with the same parameters; a divergence is a bug.
+        digests = hvd.allgather_object(parameter_digest(self.model), name="param_digest")
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks ended with different parameters: {digests}")
+        if not self.is_root:
+            return
+        spec, job = self.spec, self.job
         model_info = {
             "arch": job["arch"],
             "num_features": len(spec.feature_columns),
@@ -152,21 +332,50 @@ def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None)
             "dtype": "float32",
         }
         prefix = job["output_prefix"]
-        digest = save_model(store, prefix, model.cpu(), model_info)
-        store.write_json(f"{prefix}/history.json", history)
-        pipes.report_asset_materialization(
+        digest = save_model(self.store, prefix, self.model.cpu(), model_info)
+        self.store.write_json(f"{prefix}/history.json", self.history)
+        if self.pipes is None:
+            return
+        last = self.history[-1]
+        self.pipes.report_asset_materialization(
             metadata={
-                "model": {"raw_value": store.url(f"{prefix}/model.pt"), "type": "path"},
+                "model": {"raw_value": self.store.url(f"{prefix}/model.pt"), "type": "path"},
                 "sha256": {"raw_value": digest, "type": "text"},
                 "processes": {"raw_value": hvd.size(), "type": "int"},
-                "epochs": {"raw_value": job["epochs"], "type": "int"},
-                "val_accuracy": {"raw_value": history[-1]["val_accuracy"], "type": "float"},
-                "val_loss": {"raw_value": history[-1]["val_loss"], "type": "float"},
-                "samples_per_s": {"raw_value": history[-1]["samples_per_s"], "type": "float"},
-                "train_seconds": {"raw_value": round(seconds, 2), "type": "float"},
-                "history": {"raw_value": history, "type": "json"},
+                "epochs_run": {"raw_value": self.epoch, "type": "int"},
+                "best_epoch": {"raw_value": self.best["epoch"], "type": "int"},
+                "resumed_from_epoch": {"raw_value": self.resumed_from, "type": "int"},
+                "val_accuracy": {"raw_value": last["val_accuracy"], "type": "float"},
+                "val_loss": {"raw_value": self.best["val_loss"], "type": "float"},
+                "samples_per_s": {"raw_value": last["samples_per_s"], "type": "float"},
+                "rank_param_sha256": {"raw_value": digests, "type": "json"},
+                "history": {"raw_value": self.history, "type": "json"},
             }
         )
+
+
+def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None) -> None:
+    trainer = Trainer(store, job, pipes)
+    trainer.prepare()
+    if os.environ.get("HOROVOD_ELASTIC") == "1":
+        # Horovod: elastic mode commits after every epoch; a lost or added rank rolls every
+        # rank back to the last commit and rebuilds the shards for the new size.
+        state = hvd.elastic.TorchState(trainer.model, trainer.optimizer, epoch=trainer.epoch)
+
+        @hvd.elastic.run
+        def elastic_run(state: Any) -> None:
+            trainer.epoch = state.epoch
+
+            def commit() -> None:
+                state.epoch = trainer.epoch
+                state.commit()
+
+            trainer.run(commit)
+
+        elastic_run(state)
+    else:
+        trainer.run()
+    trainer.finish()
 
 
 def main(argv: list[str] | None = None) -> None:

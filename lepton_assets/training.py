@@ -6,6 +6,7 @@ with ``current/<asset>.json``, which their downstream assets read.
 
 import hashlib
 import json
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -150,16 +151,31 @@ class TrainingConfig(dg.Config):
 
     arch: str = Field(
         default="",
-        description=f"model architecture, one of {ARCHITECTURES}; empty: cnn for "
-        "image-shaped inputs, else mlp",
+        description=f"model architecture, one of {ARCHITECTURES}; empty: cnn for 1-channel "
+        "images, resnet for 3-channel images, else mlp",
     )
-    epochs: int = Field(default=25, ge=1, description="passes over the training split")
+    epochs: int = Field(default=25, ge=1, description="most passes over the training split")
     batch_size: int = Field(default=32, ge=1, description="samples per step on each process")
     learning_rate: float = Field(
         default=1e-3,
         gt=0,
-        description="Adam learning rate of one process; scaled by the "
-        "number of processes (Horovod's linear scaling rule)",
+        description="Adam learning rate of one process; scaled by the number of processes "
+        "(Horovod's linear scaling rule) after the warm-up",
+    )
+    warmup_epochs: int = Field(
+        default=1, ge=0, description="epochs to ramp the learning rate up to its scaled value"
+    )
+    patience: int = Field(
+        default=5,
+        ge=0,
+        description="stop after this many epochs without a validation-loss gain and keep the "
+        "best epoch's weights; 0 trains all epochs",
+    )
+    fp16_allreduce: bool = Field(
+        default=False, description="compress gradients to fp16 for the allreduce"
+    )
+    amp: Literal["bf16", "fp16", "off"] = Field(
+        default="bf16", description="automatic mixed precision on CUDA (ignored on CPU)"
     )
     seed: int = Field(default=0, description="seed of initialization and shuffling")
 
@@ -168,6 +184,10 @@ class TrainingConfig(dg.Config):
     deps=[training_dataset],
     group_name="training",
     kinds={"torch", "horovod"},
+    # One Horovod job at a time: its processes take every core (or GPU) they are given.
+    pool="horovod_training",
+    # A retry resumes from the last epoch checkpoint of the same run, not from scratch.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -178,8 +198,9 @@ def trained_model(
     """A PyTorch classifier trained by a real Horovod job on the current training dataset.
 
     The step launches ``horovodrun`` with the worker module ``lepton_assets.train_worker``;
-    rank 0 streams per-epoch metrics to this step's log through Dagster Pipes, saves the
-    state dict and reports loss/accuracy per epoch and samples/s as metadata.
+    rank 0 streams per-epoch metrics to this step's log through Dagster Pipes, checkpoints
+    every epoch, saves the state dict and reports loss/accuracy per epoch and samples/s as
+    metadata. A retry, or a re-execution of the run, resumes from the last checkpoint.
     """
     store = artifacts.get_store()
     version = store.read_json(current_key("training_dataset"))["version"]
@@ -188,17 +209,18 @@ def trained_model(
     arch = config.arch or default_arch(spec.input_shape)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
-    prefix = f"models/{version}-{context.run.run_id[:8]}"
+    run = context.run
+    # Retries share the run id and re-executions the root run id: both resume.
+    lineage = run.root_run_id or run.run_id
+    prefix = f"models/{version}-{run.run_id[:8]}"
     job = {
+        **config.model_dump(),
+        "arch": arch,
         "dataset_version": version,
         "output_prefix": prefix,
-        "arch": arch,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "seed": config.seed,
+        "checkpoint_prefix": f"checkpoints/{version}/{lineage}",
     }
-    job_key = f"runs/{context.run.run_id}/train_job.json"
+    job_key = f"runs/{run.run_id}/train_job.json"
     store.write_json(job_key, job)
     result = horovod.run_worker(
         context,

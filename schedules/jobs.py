@@ -6,12 +6,9 @@ of one partitioning, so the lifecycle is two jobs.
 
 import dagster as dg
 
-from lepton_assets.partitions import daily_partitions_def
-
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingestion", "validation"),
-    partitions_def=daily_partitions_def,
     description="Ingest and validate one day of landing files.",
 )
 

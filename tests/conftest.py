@@ -5,7 +5,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from lepton_assets.demo import seed_landing
+from lepton_assets.dataset_spec import DIGITS_SPEC
+from lepton_assets.demo import digits_frame, seed_landing
+from lepton_assets.training import build_dataset, current_key
 from resources.artifact_store import ArtifactStore
 
 DEMO_END = date(2026, 1, 7)
@@ -36,6 +38,27 @@ def artifacts(lepton_home: Path) -> ArtifactStore:
 def seeded(landing: ArtifactStore) -> ArtifactStore:
     seed_landing(landing, days=7, end=DEMO_END)
     return landing
+
+
+@pytest.fixture
+def dataset_version(artifacts: ArtifactStore) -> str:
+    """The digits as one validated day, built into a training dataset (the current one)."""
+    artifacts.write_parquet("validated/2026-01-01.parquet", digits_frame())
+    version, _ = build_dataset(
+        artifacts, DIGITS_SPEC, [{"partition": "2026-01-01", "sha256": "test"}]
+    )
+    artifacts.write_json(current_key("training_dataset"), {"version": version})
+    return version
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

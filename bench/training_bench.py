@@ -1,0 +1,193 @@
+"""Training throughput, side by side in one run.
+
+    .venv/bin/python bench/training_bench.py [--rows 20000] [--epochs 3]
+
+CPU: samples/s of the same CNN on the same data (the digits, repeated to ``--rows`` rows
+with fresh ids) trained by a plain single-process loop, by the Horovod worker with np=1 and
+with np=2; prints Horovod's overhead (np=1 against the plain loop) and the scaling
+efficiency (np=2 against twice np=1). Each process gets its fair share of the cores, as
+the launcher gives it. The first epoch is warm-up and not counted.
+
+GPU (when CUDA is present): samples/s of the ResNet-style model on synthetic 3x32x32 data
+and the share of step time spent waiting for the next batch.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lepton_assets.dataset_spec import DIGITS_SPEC
+from lepton_assets.demo import digits_frame
+from lepton_assets.models import build_model, set_standardization
+from lepton_assets.train_worker import tensors
+from lepton_assets.training import TrainingConfig, build_dataset, load_split
+from resources.artifact_store import ArtifactStore
+from resources.horovod_launcher import HorovodLauncherResource, horovodrun_path
+
+
+def make_dataset(store: ArtifactStore, rows: int) -> str:
+    base = digits_frame()
+    copies = -(-rows // base.height)
+    frame = pl.concat(
+        [base.with_columns(pl.col("sample_id") + f"-r{i}") for i in range(copies)]
+    ).head(rows)
+    store.write_parquet("validated/2026-01-01.parquet", frame)
+    version, _ = build_dataset(store, DIGITS_SPEC, [{"partition": "2026-01-01", "sha256": "b"}])
+    return version
+
+
+def plain_loop(store: ArtifactStore, version: str, config: TrainingConfig, epochs: int) -> float:
+    """The same training without Horovod: one process, all cores, samples/s after warm-up."""
+    info = store.read_json(f"datasets/{version}/dataset.json")
+    data = tensors(load_split(store, version, "train"), DIGITS_SPEC)
+    model = build_model("cnn", 64, 10, [1, 8, 8])
+    set_standardization(model, info["stats"]["mean"], info["stats"]["std"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    loader = DataLoader(data, batch_size=config.batch_size, shuffle=True)
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        started, seen = time.perf_counter(), 0
+        for x, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            seen += len(y)
+        rates.append(seen / (time.perf_counter() - started))
+    return sum(rates[1:]) / len(rates[1:])
+
+
+def horovod_run(
+    store: ArtifactStore, version: str, config: TrainingConfig, epochs: int, processes: int
+) -> float:
+    """samples/s of the real worker under horovodrun with ``processes`` ranks."""
+    prefix = f"bench/np{processes}"
+    job = {
+        **config.model_dump(),
+        "arch": "cnn",
+        "epochs": epochs,
+        "patience": 0,
+        "dataset_version": version,
+        "output_prefix": prefix,
+        "checkpoint_prefix": f"{prefix}/checkpoints",
+    }
+    store.write_json(f"{prefix}/job.json", job)
+    launcher = HorovodLauncherResource(num_processes=processes)
+    command = [
+        horovodrun_path(),
+        "-np",
+        str(processes),
+        "--gloo",
+        "-H",
+        f"localhost:{processes}",
+        sys.executable,
+        "-m",
+        "lepton_assets.train_worker",
+        "--artifacts-uri",
+        store.uri,
+        "--job-key",
+        f"{prefix}/job.json",
+    ]
+    subprocess.run(
+        command,
+        check=True,
+        env={**os.environ, **launcher.worker_env()},
+        stdout=subprocess.DEVNULL,
+    )
+    history = store.read_json(f"{prefix}/history.json")
+    rates = [h["samples_per_s"] for h in history[1:]]
+    return sum(rates) / len(rates)
+
+
+def gpu_resnet(batch_size: int = 256, steps: int = 200) -> dict[str, float]:
+    """ResNet-style model on synthetic 3x32x32 data on CUDA, bf16 autocast."""
+    device = torch.device("cuda")
+    data = TensorDataset(
+        torch.rand(batch_size * 50, 3 * 32 * 32), torch.randint(0, 10, (batch_size * 50,))
+    )
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        pin_memory=True,
+        num_workers=4,
+        persistent_workers=True,
+    )
+    model = build_model("resnet", 3 * 32 * 32, 10, [3, 32, 32]).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    waited = total = 0.0
+    seen, step = 0, 0
+    while step < steps:
+        batches = iter(loader)
+        while step < steps:
+            t0 = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            optimizer.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            if step >= 20:  # warm-up steps not counted
+                waited += t1 - t0
+                total += t2 - t0
+                seen += len(y)
+            step += 1
+    return {"samples_per_s": seen / total, "data_wait_share": waited / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    config = TrainingConfig(batch_size=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ArtifactStore(f"file://{Path(tmp)}")
+        version = make_dataset(store, args.rows)
+        train_rows = store.read_json(f"datasets/{version}/dataset.json")["rows"]["train"]
+        print(
+            f"CPU: cnn on {train_rows} training rows, batch {config.batch_size} per process, "
+            f"{args.epochs} epochs (first not counted), {os.cpu_count()} cores"
+        )
+        plain = plain_loop(store, version, config, args.epochs)
+        one = horovod_run(store, version, config, args.epochs, 1)
+        two = horovod_run(store, version, config, args.epochs, 2)
+    results = {
+        "plain_samples_per_s": round(plain, 1),
+        "horovod_np1_samples_per_s": round(one, 1),
+        "horovod_np2_samples_per_s": round(two, 1),
+        "horovod_np1_vs_plain": round(one / plain, 3),
+        "scaling_efficiency_np2": round(two / (2 * one), 3),
+    }
+    for key, value in results.items():
+        print(f"  {key:28s} {value}")
+    if torch.cuda.is_available():
+        gpu = gpu_resnet()
+        print(f"GPU ({torch.cuda.get_device_name()}): resnet 3x32x32 bf16, batch 256")
+        for key, value in gpu.items():
+            print(f"  {key:28s} {value:.3f}")
+    else:
+        print("GPU: skipped (no CUDA device)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Horovod jobs for real: the launcher's failure handling, a killed rank, a retry that resumes."""
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+
+from lepton_assets.definitions import resources
+from lepton_assets.training import trained_model
+from resources.artifact_store import ArtifactStore
+from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource, failure_message
+
+
+def test_failure_message_names_the_first_failed_rank_and_its_last_lines(tmp_path: Path):
+    (tmp_path / "rank.1").mkdir(parents=True)
+    (tmp_path / "rank.1" / "stderr").write_text("\n".join(f"line {i}" for i in range(100)))
+    (tmp_path / "rank.0").mkdir()
+    (tmp_path / "rank.0" / "stderr").write_text("rank zero was fine\n")
+    output = "Process 1 exit with status code -9.\nProcess 0 exit with status code 143.\n"
+    message = failure_message(output, tmp_path, [])
+    assert message.startswith("Horovod rank 1 failed (killed by SIGKILL)")
+    assert "line 99" in message and "line 69" not in message
+    assert "rank zero" not in message
+
+
+def test_a_hung_job_is_stopped_at_the_timeout(tmp_path: Path):
+    launcher = HorovodLauncherResource(timeout_s=2)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    started = time.monotonic()
+    with pytest.raises(HorovodJobError, match="exceeded timeout_s=2s"):
+        launcher._run(sleeper, {}, tmp_path, context=None)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 30
+
+
+def worker_pid(rank: int) -> int | None:
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "lepton_assets.train_worker" not in cmdline:
+            continue
+        try:
+            if process.environ().get("HOROVOD_RANK") == str(rank):
+                return process.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_attempt_fast_and_the_retry_resumes_from_its_checkpoint(
+    artifacts: ArtifactStore, dataset_version: str, instance: dg.DagsterInstance
+):
+    epochs = 40
+    results: list[dg.ExecuteInProcessResult] = []
+    run = threading.Thread(
+        target=lambda: results.append(
+            dg.materialize(
+                [trained_model],
+                resources={
+                    **resources,
+                    "horovod": HorovodLauncherResource(num_processes=2, collective_timeout_s=20),
+                },
+                instance=instance,
+                run_config={
+                    "ops": {"trained_model": {"config": {"epochs": epochs, "patience": 0}}}
+                },
+                raise_on_error=False,
+            )
+        )
+    )
+    run.start()
+    checkpoints = artifacts.local_path("checkpoints")
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.rglob("latest.pt")):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    pid = worker_pid(1)
+    assert pid is not None, "rank 1 not found"
+    psutil.Process(pid).kill()
+    killed_at = time.time()
+    run.join(timeout=300)
+    assert not run.is_alive()
+    result = results[0]
+    assert result.success, "the retry should have finished the training"
+
+    records = instance.all_logs(result.run_id)
+    retries = [
+        r
+        for r in records
+        if r.dagster_event and r.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+    ]
+    assert len(retries) == 1
+    error = retries[0].dagster_event.step_retry_data.error  # type: ignore[union-attr]
+    assert error is not None
+    text = error.message + "".join(c.message for c in [error.cause] if c)
+    assert "Horovod rank 1 failed (exit code 137: killed by SIGKILL)" in text
+    assert retries[0].timestamp - killed_at < 30, "the dead rank was not noticed in time"
+
+    materialization = result.asset_materializations_for_node("trained_model")[0]
+    resumed = materialization.metadata["resumed_from_epoch"].value
+    assert isinstance(resumed, int) and 1 <= resumed < epochs
+    history = materialization.metadata["history"].value
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))  # type: ignore[index,union-attr]
+    digests = materialization.metadata["rank_param_sha256"].value
+    assert isinstance(digests, list) and len(digests) == 2 and len(set(digests)) == 1
+
+
+@pytest.mark.slow
+def test_elastic_mode_trains_with_min_and_max_processes(
+    artifacts: ArtifactStore, dataset_version: str, instance: dg.DagsterInstance
+):
+    result = dg.materialize(
+        [trained_model],
+        resources={
+            **resources,
+            "horovod": HorovodLauncherResource(num_processes=2, min_processes=1, max_processes=2),
+        },
+        instance=instance,
+        run_config={"ops": {"trained_model": {"config": {"epochs": 3, "patience": 0}}}},
+    )
+    materialization = result.asset_materializations_for_node("trained_model")[0]
+    assert materialization.metadata["processes"].value == 2
+    assert materialization.metadata["epochs_run"].value == 3

@@ -1,0 +1,109 @@
+"""The Horovod worker's logic in one process (np=1): training, checkpoints, resume, stopping."""
+
+import io
+from typing import Any
+
+import horovod.torch as hvd
+import pytest
+import torch
+
+from lepton_assets.compression import accuracy, features_and_labels
+from lepton_assets.dataset_spec import DIGITS_SPEC
+from lepton_assets.models import load_model
+from lepton_assets.train_worker import Trainer, train, warmup_factor
+from lepton_assets.training import TrainingConfig, load_split
+from resources.artifact_store import ArtifactStore
+
+
+@pytest.fixture(scope="module", autouse=True)
+def horovod_single_process():
+    hvd.init()  # no horovodrun: one rank, size 1
+    yield
+    hvd.shutdown()
+
+
+def job(version: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        **TrainingConfig().model_dump(),
+        "arch": "cnn",
+        "dataset_version": version,
+        "output_prefix": "models/test",
+        "checkpoint_prefix": "checkpoints/test/run-1",
+        "patience": 0,
+        **overrides,
+    }
+
+
+def test_warmup_ramps_from_one_process_rate_to_scaled_rate():
+    assert warmup_factor(0, 100, 4) == 0.25
+    assert warmup_factor(50, 100, 4) == pytest.approx(0.625)
+    assert warmup_factor(100, 100, 4) == 1.0
+    assert warmup_factor(0, 0, 4) == 1.0
+
+
+def test_trains_checkpoints_every_epoch_and_resumes_where_it_stopped(
+    artifacts: ArtifactStore, dataset_version: str
+):
+    train(artifacts, job(dataset_version, epochs=2), None)
+    checkpoint = torch.load(
+        io.BytesIO(artifacts.read_bytes("checkpoints/test/run-1/latest.pt")), weights_only=True
+    )
+    assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
+
+    trainer = Trainer(artifacts, job(dataset_version, epochs=4), None)
+    trainer.prepare()
+    assert trainer.epoch == 2 and trainer.resumed_from == 2
+    trainer.run()
+    trainer.finish()
+    history = artifacts.read_json("models/test/history.json")
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+    model, info = load_model(artifacts, "models/test")
+    assert info["arch"] == "cnn" and info["dataset_version"] == dataset_version
+    features, labels = features_and_labels(
+        load_split(artifacts, dataset_version, "val"), DIGITS_SPEC
+    )
+    assert accuracy(model, features, labels) > 0.9
+
+
+def test_a_new_lineage_starts_from_scratch(artifacts: ArtifactStore, dataset_version: str):
+    train(artifacts, job(dataset_version, epochs=1), None)
+    trainer = Trainer(
+        artifacts, job(dataset_version, epochs=1, checkpoint_prefix="checkpoints/test/run-2"), None
+    )
+    trainer.prepare()
+    assert trainer.epoch == 0
+
+
+def test_early_stopping_keeps_the_best_epoch(artifacts: ArtifactStore, dataset_version: str):
+    trainer = Trainer(
+        artifacts, job(dataset_version, epochs=40, patience=2, learning_rate=3e-3), None
+    )
+    trainer.prepare()
+    trainer.run()
+    trainer.finish()
+    history = artifacts.read_json("models/test/history.json")
+    assert len(history) < 40
+    best = min(history, key=lambda h: h["val_loss"])
+    assert trainer.best["epoch"] == best["epoch"]
+    assert history[-1]["epoch"] - best["epoch"] == 2
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_every_architecture_trains_an_epoch(
+    artifacts: ArtifactStore, dataset_version: str, arch: str
+):
+    train(artifacts, job(dataset_version, epochs=1, arch=arch), None)
+    assert artifacts.exists("models/test/model.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_mixed_precision_trains(artifacts: ArtifactStore, dataset_version: str, amp: str):
+    trainer = Trainer(artifacts, job(dataset_version, epochs=3, amp=amp), None)
+    assert trainer.device.type == "cuda" and trainer.use_amp
+    trainer.prepare()
+    trainer.run()
+    trainer.finish()
+    history = artifacts.read_json("models/test/history.json")
+    assert history[-1]["val_accuracy"] > 0.9
