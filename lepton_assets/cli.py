@@ -22,12 +22,29 @@ from resources.artifact_store import lepton_home
 from resources.landing_zone import LandingZoneResource
 
 
+# The embedded instance: SQLite storage (Dagster's default) and one slot in every pool, so
+# one Horovod training step runs at a time (trained_model is in pool "horovod_training").
+EMBEDDED_DAGSTER_YAML = """\
+# Written by `lepton` for the embedded Dagster home; edit freely, it is not rewritten.
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+
 def prepare_home() -> Path:
-    """Create LEPTON_HOME and point DAGSTER_HOME inside it unless it is set already."""
+    """Create LEPTON_HOME and point DAGSTER_HOME inside it unless it is set already.
+
+    A DAGSTER_HOME without a dagster.yaml gets the embedded one above; an existing file is
+    never touched.
+    """
     home = lepton_home()
     home.mkdir(parents=True, exist_ok=True)
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home")))
     dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(EMBEDDED_DAGSTER_YAML)
     return home
 
 

@@ -66,7 +66,11 @@ if ! "$PY" -c 'import horovod.torch' 2>/dev/null; then
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
       HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
     if [ "$CUDA_VERSION" != cpu ]; then
-      export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-90}
+      # CUDA torch's wheels bring NCCL (nvidia-nccl-cu*), headers and library included.
+      nccl_home=$("$PY" -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' \
+        2>/dev/null) || die "CUDA torch without the nvidia-nccl wheel; pip install nvidia-nccl-cu13"
+      export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME=${HOROVOD_NCCL_HOME:-$nccl_home} \
+        HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-90}
     fi
     export MAKEFLAGS="-j$(nproc)"
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build/dist" "$src"

@@ -44,6 +44,9 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     assert champion is not None and champion["model_prefix"] == evaluation["candidate_model"]
 
     instance = dg.DagsterInstance.get()
+    # The embedded home limits every pool, so one Horovod training step runs at a time.
+    assert instance.global_op_concurrency_default_limit == 1
+    assert defs.resolve_assets_def("trained_model").op.pool == "horovod_training"
     for name in ASSETS:
         assert instance.get_latest_materialization_event(dg.AssetKey(name)) is not None, name
     trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
