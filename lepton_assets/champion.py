@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-from lepton_assets.champion_pointer import POINTER_KEY, champion_history, promote
+from lepton_assets.champion_pointer import (
+    POINTER_KEY,
+    champion_history,
+    champion_lineage,
+    promote,
+    rollback,
+)
 from lepton_assets.evaluation import BLESSED_CHECK, evaluation_report
 from lepton_assets.training import current_key
 from resources.artifact_store import ArtifactStoreResource
@@ -44,7 +50,29 @@ def champion_model(
             "model": record["model_prefix"],
             "previous": record["previous"] or "",
             "test_accuracy": record["test_accuracy"],
-            "promotions": len(champion_history(store)),
+            "champions_in_force": len(champion_lineage(champion_history(store))),
             "pointer": dg.MetadataValue.path(store.url(POINTER_KEY)),
         }
     )
+
+
+@dg.op(description="Point the champion back at the previous one (the promotion before it).")
+def rollback_champion(
+    context: dg.OpExecutionContext, artifacts: ArtifactStoreResource
+) -> dg.Output[None]:
+    store = artifacts.get_store()
+    record = rollback(store, context.run.run_id)
+    context.log.info(f"champion rolled back to {record['model_prefix']} from {record['previous']}")
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key="champion_model",
+            description="rollback",
+            metadata={
+                "model": record["model_prefix"],
+                "previous": record["previous"],
+                "action": "rollback",
+                "pointer": dg.MetadataValue.path(store.url(POINTER_KEY)),
+            },
+        )
+    )
+    return dg.Output(None)

@@ -20,23 +20,47 @@ def current_champion(store: ArtifactStore) -> dict[str, Any] | None:
 
 
 def champion_history(store: ArtifactStore) -> list[dict[str, Any]]:
-    """Every promotion, oldest first."""
+    """Every promotion and rollback, oldest first."""
     return [store.read_json(key) for key in store.list(HISTORY_PREFIX) if key.endswith(".json")]
 
 
-def promote(store: ArtifactStore, entry: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Point the champion at ``entry['model_prefix']`` and record it in the history."""
+def champion_lineage(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The promotions still in force, oldest first: a promotion pushes, a rollback pops."""
+    lineage: list[dict[str, Any]] = []
+    for record in history:
+        if record["action"] == "promote":
+            lineage.append(record)
+        else:
+            lineage.pop()
+    return lineage
+
+
+def _record(store: ArtifactStore, record: dict[str, Any], run_id: str) -> dict[str, Any]:
     now = datetime.now(UTC)
-    record = {
-        **entry,
-        "promoted_at": now.isoformat(),
-        "run_id": run_id,
-        "previous": (current_champion(store) or {}).get("model_prefix"),
-    }
-    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
-    history_key = f"{HISTORY_PREFIX}/{stamp}-{run_id[:8]}.json"
+    record = {**record, "at": now.isoformat(), "run_id": run_id}
+    history_key = f"{HISTORY_PREFIX}/{now.strftime('%Y%m%dT%H%M%S%fZ')}-{run_id[:8]}.json"
     if store.exists(history_key):
         raise FileExistsError(f"history entry {history_key} already exists; it is never rewritten")
     store.write_json(history_key, record)
     store.write_json(POINTER_KEY, record)
     return record
+
+
+def promote(store: ArtifactStore, entry: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Point the champion at ``entry['model_prefix']`` and record it in the history."""
+    previous = (current_champion(store) or {}).get("model_prefix")
+    return _record(store, {**entry, "action": "promote", "previous": previous}, run_id)
+
+
+def rollback(store: ArtifactStore, run_id: str) -> dict[str, Any]:
+    """Point the champion back at the one before the current champion, and record it."""
+    lineage = champion_lineage(champion_history(store))
+    if len(lineage) < 2:
+        raise ValueError(
+            f"no earlier champion to roll back to ({len(lineage)} promotion(s) in force)"
+        )
+    current, target = lineage[-1], lineage[-2]
+    keep = {k: v for k, v in target.items() if k not in ("action", "previous", "at", "run_id")}
+    return _record(
+        store, {**keep, "action": "rollback", "previous": current["model_prefix"]}, run_id
+    )

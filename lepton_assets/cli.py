@@ -2,6 +2,9 @@
 
     lepton seed --days 7      write the digits demo into the landing zone
     lepton demo --days 7      seed, then run ingest+validate per day and the training job
+    lepton rollback           point the champion back at the previous one
+    lepton predict --input in.parquet --output out.parquet
+                              predictions of the champion (loaded weights-only)
     lepton ui                 dagster dev on this project, with the same embedded defaults
 
 Embedded defaults: ``LEPTON_HOME`` (default ``./.lepton``) holds the landing zone, the
@@ -16,11 +19,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
+from lepton_assets.champion_pointer import current_champion
 from lepton_assets.demo import demo_dates, seed_landing
-from resources.artifact_store import lepton_home
+from resources.artifact_store import ArtifactStoreResource, lepton_home
 from resources.landing_zone import LandingZoneResource
-
 
 # The embedded instance: SQLite storage (Dagster's default) and one slot in every pool, so
 # one Horovod training step runs at a time (trained_model is in pool "horovod_training").
@@ -66,7 +70,6 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from lepton_assets.definitions import defs
-    from resources.artifact_store import ArtifactStoreResource
 
     cmd_seed(args)
     instance = dg.DagsterInstance.get()
@@ -94,6 +97,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from lepton_assets.definitions import defs
+
+    prepare_home()
+    result = defs.resolve_job_def("rollback_job").execute_in_process(
+        instance=dg.DagsterInstance.get()
+    )
+    champion = current_champion(ArtifactStoreResource().get_store())
+    print(
+        f"rollback_job: ok (run {result.run_id}); champion is now "
+        f"{champion['model_prefix'] if champion else None}"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lepton_assets.predict import predict_frame
+
+    store = ArtifactStoreResource().get_store()
+    predictions, model = predict_frame(store, pl.read_parquet(args.input))
+    predictions.write_parquet(args.output)
+    print(f"{predictions.height} predictions by {model} -> {args.output}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     prepare_home()
     command = ["dagster", "dev", "-m", "lepton_assets.definitions", "-p", str(args.port)]
@@ -118,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             help="last day (YYYY-MM-DD); default yesterday (UTC)",
         )
         p.set_defaults(func=func)
+    rollback = sub.add_parser("rollback", help="point the champion back at the previous one")
+    rollback.set_defaults(func=cmd_rollback)
+    predict = sub.add_parser("predict", help="predict with the champion model")
+    predict.add_argument("--input", required=True, help="Parquet file with the feature columns")
+    predict.add_argument("--output", required=True, help="Parquet file to write")
+    predict.set_defaults(func=cmd_predict)
     ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)

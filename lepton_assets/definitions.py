@@ -16,7 +16,7 @@ from resources.dataset import DatasetResource
 from resources.expectations import ExpectationsResource
 from resources.horovod_launcher import HorovodLauncherResource
 from resources.landing_zone import LandingZoneResource
-from schedules.jobs import ingest_job, training_job
+from schedules.jobs import ingest_job, rollback_job, training_job
 
 ingestion_assets = [raw_batches]
 validation_assets = [validated_batches]
@@ -40,6 +40,6 @@ defs = dg.Definitions(
         *compression_assets,
         *evaluation_assets,
     ],
-    jobs=[ingest_job, training_job],
+    jobs=[ingest_job, training_job, rollback_job],
     resources=resources,
 )

@@ -1,13 +1,16 @@
 """Evaluation: the compressed candidate against the current champion, on the held-out test split.
 
-Writes ``reports/<candidate>/report.html`` (self-contained, plots embedded),
-``report.md``, ``confusion_matrix.png`` and ``evaluation.json``. The blocking ``blessed``
-check decides whether ``champion_model`` may promote the candidate.
+Writes ``reports/<model>/<variant>/report.html`` (one self-contained file, plots embedded),
+``report.md`` with its PNGs beside it, and ``evaluation.json``. The blocking ``blessed``
+check decides whether ``champion_model`` may promote the candidate, and the report says
+which rule failed when it may not.
 """
 
 import base64
 import html
 import io
+import re
+import statistics
 from typing import Any
 
 import dagster as dg
@@ -17,13 +20,14 @@ from pydantic import Field
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from lepton_assets.champion_pointer import current_champion
-from lepton_assets.compression import compressed_model, features_and_labels
+from lepton_assets.compression import compressed_model, features_and_labels, latency_ms
 from lepton_assets.dataset_spec import DatasetSpec
 from lepton_assets.models import load_model, predict_logits
 from lepton_assets.training import current_key, load_split
 from resources.artifact_store import ArtifactStore, ArtifactStoreResource
 
 BLESSED_CHECK = "blessed"
+ECE_BINS = 15
 
 
 class EvaluationConfig(dg.Config):
@@ -35,10 +39,28 @@ class EvaluationConfig(dg.Config):
     max_regression: float = Field(
         default=0.005, ge=0.0, description="largest test-accuracy drop against the champion"
     )
+    max_class_regression: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="largest drop of any one class's F1 against the champion",
+    )
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over equal-width bins."""
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    total = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(total)
 
 
 def evaluate_model(model: Any, features: Any, labels: Any, classes: list[int]) -> dict[str, Any]:
-    predicted = predict_logits(model, features).argmax(1).numpy()
+    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, ECE and batch-1 latency."""
+    probabilities = predict_logits(model, features).softmax(1).numpy()
+    predicted = probabilities.argmax(1)
     truth = labels.numpy()
     k = list(range(len(classes)))
     precision, recall, f1, support = (
@@ -53,6 +75,8 @@ def evaluate_model(model: Any, features: Any, labels: Any, classes: list[int]) -
     return {
         "accuracy": round(float((predicted == truth).mean()), 5),
         "macro_f1": round(float(f1_score(truth, predicted, labels=k, average="macro")), 5),
+        "ece": round(expected_calibration_error(probabilities.max(1), predicted == truth), 5),
+        "latency_b1_p50_ms": round(statistics.median(latency_ms(model, features[:1], 100)), 4),
         "per_class": [
             {
                 "class": classes[i],
@@ -77,15 +101,27 @@ def bless(
             f"test accuracy {candidate['accuracy']:.4f} is below the floor "
             f"{config.min_accuracy:.4f}"
         )
-    if (
-        champion is not None
-        and candidate["accuracy"] < champion["accuracy"] - config.max_regression
-    ):
+    if champion is None:
+        return broken
+    if candidate["accuracy"] < champion["accuracy"] - config.max_regression:
         broken.append(
             f"test accuracy {candidate['accuracy']:.4f} is more than {config.max_regression:.4f} "
             f"below the champion's {champion['accuracy']:.4f}"
         )
+    for mine, theirs in zip(candidate["per_class"], champion["per_class"], strict=True):
+        if mine["f1"] < theirs["f1"] - config.max_class_regression:
+            broken.append(
+                f"class {mine['class']}: F1 {mine['f1']:.4f} is more than "
+                f"{config.max_class_regression:.4f} below the champion's {theirs['f1']:.4f}"
+            )
     return broken
+
+
+def png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
 
 
 def confusion_png(matrix: list[list[int]], classes: list[int]) -> bytes:
@@ -102,59 +138,98 @@ def confusion_png(matrix: list[list[int]], classes: list[int]) -> bytes:
             if value:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
     ax.set_title("Confusion matrix (test split)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return png(fig)
 
 
-def report_markdown(ev: dict[str, Any]) -> str:
+def curves_png(history: list[dict[str, float]]) -> bytes:
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], color="green")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("validation accuracy")
+    fig.suptitle("Training curves")
+    return png(fig)
+
+
+def report_markdown(ev: dict[str, Any], variants: list[dict[str, Any]]) -> str:
     cand, champ = ev["candidate"], ev["champion"]
-    verdict = (
-        "**BLESSED**: promoted to champion"
-        if ev["blessed"]
-        else (
-            "**NOT BLESSED**: the champion stays. Broken rules:\n"
-            + "\n".join(f"- {rule}" for rule in ev["broken_rules"])
+    if ev["blessed"]:
+        verdict = "**BLESSED**: the candidate becomes the champion."
+    else:
+        verdict = "**NOT BLESSED**: the champion stays. Broken rules:\n" + "\n".join(
+            f"- {rule}" for rule in ev["broken_rules"]
         )
-    )
     lines = [
         f"# Evaluation of `{ev['candidate_model']}`",
         "",
-        f"Dataset version `{ev['dataset_version']}`, test split of {ev['test_rows']} samples. "
-        f"Variant: `{ev['variant']}`.",
+        f"Dataset version `{ev['dataset_version']}`, held-out test split of {ev['test_rows']} "
+        f"samples. Compression variant: `{ev['variant']}`.",
         "",
         f"Verdict: {verdict}",
         "",
-        "| model | accuracy | macro F1 |",
-        "|---|---|---|",
-        f"| candidate | {cand['accuracy']:.4f} | {cand['macro_f1']:.4f} |",
+        "| model | accuracy | macro F1 | ECE | size (bytes) | latency b1 p50 (ms) |",
+        "|---|---|---|---|---|---|",
+        f"| candidate | {cand['accuracy']:.4f} | {cand['macro_f1']:.4f} | {cand['ece']:.4f} | "
+        f"{ev['candidate_size_bytes']} | {cand['latency_b1_p50_ms']} |",
     ]
     if champ is not None:
         lines.append(
-            f"| champion `{ev['champion_model']}` | {champ['accuracy']:.4f} "
-            f"| {champ['macro_f1']:.4f} |"
+            f"| champion `{ev['champion_model']}` | {champ['accuracy']:.4f} | "
+            f"{champ['macro_f1']:.4f} | {champ['ece']:.4f} | {ev['champion_size_bytes']} | "
+            f"{champ['latency_b1_p50_ms']} |"
         )
+        delta = (cand["accuracy"] - champ["accuracy"]) * 100
+        lines += ["", f"Accuracy difference against the champion: {delta:+.2f} points."]
     else:
-        lines.append("| champion | (none yet) | |")
+        lines.append("| champion | (none yet) | | | | |")
+    champion_f1 = {r["class"]: r["f1"] for r in champ["per_class"]} if champ else {}
     lines += [
         "",
-        "## Per class (candidate)",
+        "## Per class",
         "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
+        "| class | precision | recall | F1 | champion F1 | support |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-        f"{r['support']} |"
+        f"{champion_f1.get(r['class'], '')} | {r['support']} |"
         for r in cand["per_class"]
     ]
-    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "## Training", ""]
+    lines += ["![training curves](training_curves.png)", "", "## Compression variants", ""]
+    columns = [
+        "variant",
+        "val_accuracy",
+        "size_bytes",
+        "size_gzip_bytes",
+        "sparsity",
+        "parameters",
+        "latency_b1_p50_ms",
+        "latency_b1_p95_ms",
+        "throughput_b256_per_s",
+    ]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for v in variants:
+        marker = " (chosen)" if v["variant"] == ev["variant"] else ""
+        cells = [f"{v['variant']}{marker}"] + [
+            "" if v.get(c) is None else str(v[c]) for c in columns[1:]
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![Pareto plot](pareto.png)", ""]
     return "\n".join(lines)
 
 
-def report_html(markdown: str, png: bytes, title: str) -> str:
-    """A self-contained HTML page: the Markdown's tables and text, the plot inlined."""
+IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<name>[\w.-]+\.png)\)$")
+
+
+def report_html(markdown: str, images: dict[str, bytes], title: str) -> str:
+    """A self-contained HTML page of the report's Markdown, every plot inlined."""
     body: list[str] = []
     table: list[list[str]] = []
 
@@ -170,29 +245,37 @@ def report_html(markdown: str, png: bytes, title: str) -> str:
             )
             table.clear()
 
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
     for line in markdown.splitlines():
         if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            cells = [inline(c.strip()) for c in line.strip("|").split("|")]
             if not all(set(c) <= {"-"} for c in cells):
                 table.append(cells)
             continue
         flush_table()
-        text = html.escape(line)
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        image = IMAGE.match(line)
+        if image:
+            data = base64.b64encode(images[image["name"]]).decode()
+            body.append(
+                f'<img alt="{html.escape(image["alt"])}" src="data:image/png;base64,{data}">'
+            )
+        elif line.startswith("# "):
+            body.append(f"<h1>{inline(line[2:])}</h1>")
         elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("!["):
-            data = base64.b64encode(png).decode()
-            body.append(f'<img alt="confusion matrix" src="data:image/png;base64,{data}">')
+            body.append(f"<h2>{inline(line[3:])}</h2>")
         elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
+            body.append(f"<li>{inline(line[2:])}</li>")
         elif line:
-            body.append(f"<p>{text}</p>")
+            body.append(f"<p>{inline(line)}</p>")
     flush_table()
     style = (
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}"
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em}"
+        "img{max-width:100%}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -202,18 +285,21 @@ def report_html(markdown: str, png: bytes, title: str) -> str:
 
 def champion_metrics(
     store: ArtifactStore, features: Any, labels: Any, classes: list[int], num_features: int
-) -> tuple[str | None, dict[str, Any] | None]:
+) -> tuple[str | None, dict[str, Any] | None, int | None]:
+    """(model prefix, metrics on this test split, weights size) of the champion, if any."""
     pointer = current_champion(store)
     if pointer is None:
-        return None, None
-    model, info = load_model(store, pointer["model_prefix"])
+        return None, None, None
+    prefix = pointer["model_prefix"]
+    model, info = load_model(store, prefix)
     if info["num_features"] != num_features or info["classes"] != classes:
         raise ValueError(
-            f"champion {pointer['model_prefix']} takes {info['num_features']} features and classes "
+            f"champion {prefix} takes {info['num_features']} features and classes "
             f"{info['classes']}; the candidate's dataset has {num_features} and {classes}. "
             "Roll back or clear the champion before switching datasets."
         )
-    return pointer["model_prefix"], evaluate_model(model, features, labels, classes)
+    size = len(store.read_bytes(f"{prefix}/model.pt"))
+    return prefix, evaluate_model(model, features, labels, classes), size
 
 
 @dg.asset(
@@ -226,7 +312,7 @@ def champion_metrics(
             asset="evaluation_report",
             blocking=True,
             description="The candidate meets the accuracy floor and does not regress against "
-            "the champion; champion_model waits on it.",
+            "the champion, overall or for any class; champion_model waits on it.",
         )
     ],
 )
@@ -235,40 +321,52 @@ def evaluation_report(
     config: EvaluationConfig,
     artifacts: ArtifactStoreResource,
 ) -> dg.MaterializeResult:
-    """How good the compressed candidate is on the held-out test split, next to the champion.
+    """Which model wins, by how much, at what size and speed, and whether it is promoted.
 
-    Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix, in a
-    self-contained HTML report (and Markdown) linked below, with the promotion verdict.
+    The compressed candidate and the current champion scored on the same held-out test split:
+    accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, calibration (ECE),
+    size and CPU latency; plus training curves, the compression variants and their Pareto
+    plot, in one self-contained HTML report (and Markdown) linked below.
     """
     store = artifacts.get_store()
-    candidate_prefix = store.read_json(current_key("compressed_model"))["prefix"]
+    pointer = store.read_json(current_key("compressed_model"))
+    candidate_prefix = pointer["prefix"]
     model, info = load_model(store, candidate_prefix)
-    spec = DatasetSpec.model_validate(
-        store.read_json(f"datasets/{info['dataset_version']}/dataset.json")["spec"]
-    )
-    features, labels = features_and_labels(load_split(store, info["dataset_version"], "test"), spec)
+    version = info["dataset_version"]
+    spec = DatasetSpec.model_validate(store.read_json(f"datasets/{version}/dataset.json")["spec"])
+    features, labels = features_and_labels(load_split(store, version, "test"), spec)
     candidate = evaluate_model(model, features, labels, spec.classes)
-    champion_prefix, champion = champion_metrics(
+    champion_prefix, champion, champion_size = champion_metrics(
         store, features, labels, spec.classes, len(spec.feature_columns)
     )
     broken = bless(candidate, champion, config)
     ev = {
         "candidate_model": candidate_prefix,
         "variant": info["variant"],
-        "dataset_version": info["dataset_version"],
+        "dataset_version": version,
         "test_rows": int(labels.shape[0]),
         "candidate": candidate,
+        "candidate_size_bytes": len(store.read_bytes(f"{candidate_prefix}/model.pt")),
         "champion_model": champion_prefix,
         "champion": champion,
+        "champion_size_bytes": champion_size,
         "blessed": not broken,
         "broken_rules": broken,
     }
+    variants = store.read_json(f"{pointer['variants']}/variants.json")
+    images = {
+        "confusion_matrix.png": confusion_png(candidate["confusion_matrix"], spec.classes),
+        "training_curves.png": curves_png(store.read_json(f"{pointer['source']}/history.json")),
+        "pareto.png": store.read_bytes(f"{pointer['variants']}/pareto.png"),
+    }
     report_prefix = f"reports/{candidate_prefix.removeprefix('compressed/')}"
-    png = confusion_png(candidate["confusion_matrix"], spec.classes)
-    markdown = report_markdown(ev)
-    store.write_bytes(f"{report_prefix}/confusion_matrix.png", png)
+    markdown = report_markdown(ev, variants)
+    for name, data in images.items():
+        store.write_bytes(f"{report_prefix}/{name}", data)
     store.write_text(f"{report_prefix}/report.md", markdown)
-    store.write_text(f"{report_prefix}/report.html", report_html(markdown, png, candidate_prefix))
+    store.write_text(
+        f"{report_prefix}/report.html", report_html(markdown, images, candidate_prefix)
+    )
     store.write_json(f"{report_prefix}/evaluation.json", ev)
     store.write_json(current_key("evaluation_report"), {"prefix": report_prefix})
     context.log.info(f"test accuracy {candidate['accuracy']:.4f}; blessed={not broken} {broken}")
@@ -276,6 +374,7 @@ def evaluation_report(
         metadata={
             "test_accuracy": candidate["accuracy"],
             "macro_f1": candidate["macro_f1"],
+            "ece": candidate["ece"],
             "champion_accuracy": champion["accuracy"] if champion else None,
             "blessed": not broken,
             "report": dg.MetadataValue.path(store.url(f"{report_prefix}/report.html")),
@@ -290,6 +389,7 @@ def evaluation_report(
                 metadata={
                     "test_accuracy": candidate["accuracy"],
                     "champion_accuracy": champion["accuracy"] if champion else None,
+                    "broken_rules": dg.MetadataValue.json(broken),
                 },
             )
         ],

@@ -6,6 +6,8 @@ of one partitioning, so the lifecycle is two jobs.
 
 import dagster as dg
 
+from lepton_assets.champion import rollback_champion
+
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingestion", "validation"),
@@ -17,3 +19,8 @@ training_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("training", "compression", "evaluation"),
     description="Build the dataset, train with Horovod, compress, evaluate, promote.",
 )
+
+
+@dg.job(description="Roll the champion back to the one promoted before it.")
+def rollback_job() -> None:
+    rollback_champion()

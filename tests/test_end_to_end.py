@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
-from lepton_assets.champion_pointer import champion_history, current_champion
+from lepton_assets.champion_pointer import current_champion
 from lepton_assets.cli import main
 from lepton_assets.definitions import defs
 from resources.artifact_store import ArtifactStore
@@ -61,23 +62,71 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     assert len(history) == epochs_run <= 25
     assert len(instance.get_runs()) == 8  # 7 ingest runs + 1 training run
 
-    # A second training run is judged against the champion on the same test split.
+    # A second training run is judged against the champion on the same test split; with the
+    # regression rules relaxed it is promoted, and a rollback restores the first champion.
+    relaxed = {"min_accuracy": 0.5, "max_regression": 1.0, "max_class_regression": 1.0}
     result = defs.resolve_job_def("training_job").execute_in_process(
         instance=instance,
-        run_config={"ops": {"trained_model": {"config": {"seed": 1, "epochs": 20}}}},
-        raise_on_error=False,
+        run_config={
+            "ops": {
+                "trained_model": {"config": {"seed": 1, "epochs": 8}},
+                "evaluation_report": {"config": relaxed},
+            }
+        },
     )
-    second = store.read_json(
-        f"{store.read_json('current/evaluation_report.json')['prefix']}/evaluation.json"
-    )
+    second = latest_evaluation(store)
     assert second["champion_model"] == champion["model_prefix"]
     assert second["champion"]["accuracy"] == evaluation["candidate"]["accuracy"]
-    if second["blessed"]:
-        assert result.success
-        assert [h["model_prefix"] for h in champion_history(store)] == [
-            champion["model_prefix"],
-            second["candidate_model"],
-        ]
-    else:  # the blocking check stops champion_model; the pointer stays
-        assert not result.success
-        assert current_champion(store) == champion
+    assert (
+        second["blessed"] and current_champion(store)["model_prefix"] == second["candidate_model"]
+    )
+    assert main(["rollback"]) == 0
+    assert current_champion(store)["model_prefix"] == champion["model_prefix"]
+
+    # Predictions come from the (rolled back) champion.
+    test_rows = store.read_parquet(f"datasets/{evaluation['dataset_version']}/test.parquet")
+    test_rows.drop("label").write_parquet(lepton_home / "in.parquet")
+    assert (
+        main(
+            [
+                "predict",
+                "--input",
+                str(lepton_home / "in.parquet"),
+                "--output",
+                str(lepton_home / "out.parquet"),
+            ]
+        )
+        == 0
+    )
+    predictions = pl.read_parquet(lepton_home / "out.parquet")
+    assert predictions["sample_id"].to_list() == test_rows["sample_id"].to_list()
+    assert (predictions["prediction"] == test_rows["label"]).mean() >= 0.95  # type: ignore[operator]
+
+    # A candidate that breaks a rule is not promoted; the check says which rule.
+    strict = {"min_accuracy": 1.0}
+    result = defs.resolve_job_def("training_job").execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {
+                "trained_model": {"config": {"seed": 2, "epochs": 1}},
+                "evaluation_report": {"config": strict},
+            }
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    rejected = latest_evaluation(store)
+    assert not rejected["blessed"] and "below the floor 1.0000" in rejected["broken_rules"][0]
+    assert current_champion(store)["model_prefix"] == champion["model_prefix"]
+    check = [c for c in result.get_asset_check_evaluations() if c.check_name == "blessed"][0]
+    assert not check.passed and check.description == "; ".join(rejected["broken_rules"])
+    report = store.read_text(latest_report(store) + "/report.html")
+    assert "NOT BLESSED" in report and "below the floor" in report
+
+
+def latest_report(store: ArtifactStore) -> str:
+    return store.read_json("current/evaluation_report.json")["prefix"]
+
+
+def latest_evaluation(store: ArtifactStore) -> dict:
+    return store.read_json(latest_report(store) + "/evaluation.json")
