@@ -10,7 +10,9 @@ rows; and structured pruning's batch-1 latency ratio. Latency is measured on one
 0.3x the size and 0.6x the batch-1 latency of fp32, within 1 point of accuracy.
 """
 
+import copy
 import json
+import statistics
 from typing import Any
 
 import polars as pl
@@ -19,11 +21,12 @@ from torch import nn
 
 from lepton_assets.compression import (
     CompressionConfig,
+    latency_ms,
     measure,
     variant_builders,
 )
 from lepton_assets.demo import digits_frame
-from lepton_assets.models import build_model, set_standardization
+from lepton_assets.models import build_model, quantize_dynamic_int8, set_standardization
 from lepton_assets.training import feature_stats
 
 
@@ -92,7 +95,42 @@ def compare(
     }
 
 
+def backend_comparison() -> None:
+    """int8 backends on the Linear-heavy model, one thread: why torch.ao (see models.py)."""
+    try:
+        from torchao.quantization import (  # pyright: ignore[reportMissingImports]
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
+    except ImportError:
+        print("int8 backends: torchao not installed (pip install torchao to compare)")
+        return
+    torch.manual_seed(0)
+    base = build_model("mlp", 64, 10, None, [2048, 2048]).eval()
+    candidates: dict[str, nn.Module] = {
+        "fp32": base,
+        "torch.ao dynamic int8": quantize_dynamic_int8(copy.deepcopy(base)),
+    }
+    for name, config in (
+        ("torchao int8 dynamic act+weight", Int8DynamicActivationInt8WeightConfig()),
+        ("torchao int8 weight-only", Int8WeightOnlyConfig()),
+    ):
+        model = copy.deepcopy(base)
+        quantize_(model, config)
+        candidates[name] = model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print("int8 backends, linear-heavy mlp, one thread (median ms):")
+    for name, model in candidates.items():
+        b1 = statistics.median(latency_ms(model, torch.rand(1, 64), 200))
+        b256 = statistics.median(latency_ms(model, torch.rand(256, 64), 20))
+        print(f"  {name:34s} batch 1 {b1:8.3f}   batch 256 {b256:8.3f}")
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
+    backend_comparison()
     data = digits_tensors()
     results = [
         compare("demo cnn", "cnn", None, data),

@@ -144,11 +144,12 @@ def default_arch(input_shape: list[int] | None) -> str:
     return "resnet" if input_shape[0] == 3 else "cnn"
 
 
-# int8 backend: torch.ao, chosen by measurement on this CPU (x86, fbgemm/onednn kernels).
-# It is deprecated in favour of torchao, but torchao's eager int8 paths ran slower than fp32
-# here (DESIGN.md), while torch.ao dynamic int8 made Linear layers ~1.8x faster and static
-# int8 (FX graph mode, calibrated) made the digits CNN 8x faster at batch 256 at 0.27x the
-# size. Both save state dicts that load with weights_only=True, rebuilt by the same calls.
+# int8 backend: torch.ao, chosen by measurement on this CPU (x86; bench/compression_bench.py).
+# It is deprecated in favour of torchao, but on a 2048x2048 MLP, one thread, median ms at
+# batch 1 / 256: fp32 0.90 / 25.8, torch.ao dynamic int8 0.10 / 3.9, torchao int8
+# dynamic-activation 2.67 / 8.5, torchao int8 weight-only 1.77 / 55.7. Static torch.ao int8
+# (FX graph mode, calibrated) made the digits CNN ~7x faster at batch 256 at 0.27x the size.
+# Both save state dicts that load with weights_only=True, rebuilt by the same calls.
 # The deprecation warnings are expected and silenced around these calls only.
 _TORCH_AO_WARNINGS = (
     ".*torch.ao.quantization is deprecated.*",
