@@ -2,6 +2,7 @@
 expectation: same success flags, same unexpected counts, same unexpected rows."""
 
 import math
+from typing import Literal
 
 import great_expectations as gx
 import polars as pl
@@ -60,6 +61,7 @@ def compare(frame: pl.DataFrame, suite: gx.ExpectationSuite) -> int:
     assert len(reference.results) == len(fast.results) == len(suite.expectations)
     failures = 0
     for ref, got in zip(reference.results, fast.results, strict=True):
+        assert ref.expectation_config is not None and got.expectation_config is not None
         name = f"{ref.expectation_config.type}{ref.expectation_config.kwargs}"
         assert got.expectation_config.type == ref.expectation_config.type
         assert got.success == ref.success, name
@@ -94,8 +96,9 @@ def test_a_missing_column_fails_in_both_engines():
 
 
 @pytest.mark.parametrize("engine", ["polars", "pandas"])
-def test_results_serialize_as_gx_json(engine: str):
+def test_results_serialize_as_gx_json(engine: Literal["polars", "pandas"]):
     result = ExpectationsResource(engine=engine).run_suite(corrupted(), build_suite(DIGITS_SPEC))
     document = result.to_json_dict()
+    assert isinstance(document, dict) and isinstance(document["statistics"], dict)
     assert document["statistics"]["evaluated_expectations"] == 133
     assert document["success"] is False
