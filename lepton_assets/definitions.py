@@ -1,4 +1,4 @@
-"""The one Definitions object of Lepton: assets per group, resources, jobs.
+"""The one Definitions object of Lepton: assets per group, resources, jobs, sensors.
 
 Nothing here reads the environment: resources resolve their settings when a run uses them.
 """
@@ -17,6 +17,7 @@ from resources.expectations import ExpectationsResource
 from resources.horovod_launcher import HorovodLauncherResource
 from resources.landing_zone import LandingZoneResource
 from schedules.jobs import ingest_job, rollback_job, training_job
+from schedules.sensors import landing_sensor
 
 ingestion_assets = [raw_batches]
 validation_assets = [validated_batches]
@@ -41,5 +42,6 @@ defs = dg.Definitions(
         *evaluation_assets,
     ],
     jobs=[ingest_job, training_job, rollback_job],
+    sensors=[landing_sensor],
     resources=resources,
 )

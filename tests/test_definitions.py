@@ -8,7 +8,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_definitions_name_the_jobs_groups_and_checks():
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "training_job"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "ingest_job",
+        "training_job",
+        "rollback_job",
+    }
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    assert sensor.job_name == "ingest_job" and sensor.minimum_interval_seconds == 30
     graph = defs.resolve_asset_graph()
     groups = {
         key.to_user_string(): graph.get(key).group_name for key in graph.materializable_asset_keys
