@@ -18,6 +18,7 @@ from great_expectations.data_context.types.base import (
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
+from great_expectations.expectations.registry import get_expectation_impl
 from pydantic import Field
 
 from lepton_assets.dataset_spec import DatasetSpec
@@ -25,7 +26,8 @@ from resources import polars_engine
 
 
 def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
-    """The spec's expectations: schema, ids not null and unique, label set, feature ranges."""
+    """The spec's expectations: schema, ids not null and unique, label set, features not
+    null and within their ranges, then the spec's extra expectations."""
     ex = gx.expectations
     expectations: list[Any] = [
         ex.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True),
@@ -36,11 +38,13 @@ def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
     ]
     for column in spec.feature_columns:
         expectations.append(ex.ExpectColumnValuesToNotBeNull(column=column))
-        expectations.append(
-            ex.ExpectColumnValuesToBeBetween(
-                column=column, min_value=spec.feature_min, max_value=spec.feature_max
+        low, high = spec.feature_range(column)
+        if low is not None or high is not None:
+            expectations.append(
+                ex.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high)
             )
-        )
+    for extra in spec.extra_expectations:
+        expectations.append(get_expectation_impl(extra.type)(**extra.kwargs))
     return gx.ExpectationSuite(name=f"{spec.name}_suite", expectations=expectations)
 
 
