@@ -7,7 +7,7 @@ The digits demo (scikit-learn's bundled 8x8 handwritten digits) is the built-in 
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,6 +50,11 @@ class DatasetSpec(BaseModel):
         le=1.0,
         description="largest fraction of a partition's rows that may be quarantined before "
         "the partition's blocking check fails",
+    )
+    on_unreadable_file: Literal["fail", "quarantine"] = Field(
+        default="fail",
+        description="a landing file that cannot be parsed fails the partition (fail) or is "
+        "copied whole to quarantine/<day>/files/ while the other files go on (quarantine)",
     )
     extra_expectations: list[ExtraExpectation] = Field(
         default_factory=list, description="further GX expectations, run by GX's own engine"

@@ -16,6 +16,7 @@ from resources.landing_zone import LandingZoneResource
 # Lineage columns added to every row, so a rejected row can be traced to its file and line.
 SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
+PARSE_ERRORS = "_parse_errors"
 
 
 class IngestionError(Exception):
@@ -29,8 +30,9 @@ def raw_key(partition_key: str) -> str:
 def read_landing_file(name: str, data: bytes, spec: DatasetSpec) -> pl.DataFrame:
     """Parse one landing file into the spec's columns and types, with lineage columns.
 
-    Raises ``IngestionError`` naming the file for unreadable bytes or missing columns.
-    Values that do not fit their type are left as nulls for validation to quarantine
+    Raises ``IngestionError`` naming the file for unreadable bytes (including CSV that is
+    not UTF-8) or missing columns. A value that does not fit its type becomes null and its
+    row lists ``parse(<column>: <type>)`` in ``_parse_errors``, for validation to quarantine,
     rather than failing the whole file.
     """
     try:
@@ -50,10 +52,16 @@ def read_landing_file(name: str, data: bytes, spec: DatasetSpec) -> pl.DataFrame
             f"{name}: missing columns {missing}; found {frame.columns[:10]}"
             f"{' …' if len(frame.columns) > 10 else ''}"
         )
-    casts = [pl.col(spec.id_column).cast(pl.String, strict=False)]
-    casts.append(pl.col(spec.label_column).cast(pl.Int64, strict=False))
-    casts += [pl.col(c).cast(pl.Float64, strict=False) for c in spec.feature_columns]
-    return frame.select(casts).with_columns(
+    types = {spec.id_column: pl.String, spec.label_column: pl.Int64}
+    types.update({c: pl.Float64 for c in spec.feature_columns})
+    typed = frame.select(pl.col(c).cast(t, strict=False) for c, t in types.items())
+    # A value present in the file but not of its type: recorded as a rule of its own.
+    failed = [
+        pl.when(frame[c].is_not_null() & typed[c].is_null()).then(pl.lit(f"parse({c}: {t})"))
+        for c, t in types.items()
+    ]
+    return typed.with_columns(
+        pl.concat_list(failed).list.drop_nulls().alias(PARSE_ERRORS),
         pl.lit(name).alias(SOURCE_FILE),
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(SOURCE_ROW),
     )
@@ -83,20 +91,28 @@ def raw_batches(
     files = landing.partition_files(day)
     if not files:
         raise IngestionError(f"no landing files for {day} under {landing_store.url(day)}/")
-    frames, sources = [], []
+    store = artifacts.get_store()
+    frames, sources, rejected = [], [], []
     for key in files:
-        data = landing_store.read_bytes(key)
-        frames.append(read_landing_file(key, data, spec))
-        sources.append(
-            {
-                "file": landing_store.url(key),
-                "sha256": sha256_bytes(data),
-                "bytes": len(data),
-                "rows": frames[-1].height,
-            }
+        data = landing.read(key)
+        source = {"file": landing_store.url(key), "sha256": sha256_bytes(data), "bytes": len(data)}
+        try:
+            frames.append(read_landing_file(key, data, spec))
+        except IngestionError as exc:
+            if spec.on_unreadable_file == "fail":
+                raise
+            # Kept whole, byte for byte, with the reason: nothing is lost.
+            store.write_bytes(f"quarantine/{day}/files/{key.rsplit('/', 1)[-1]}", data)
+            rejected.append({**source, "reason": str(exc)})
+            context.log.warning(f"quarantined the whole file: {exc}")
+            continue
+        sources.append({**source, "rows": frames[-1].height})
+    store.write_json(f"quarantine/{day}/files.json", rejected)
+    if not frames:
+        raise IngestionError(
+            f"no readable landing file for {day}: {[r['reason'] for r in rejected]}"
         )
     batch = pl.concat(frames, how="vertical")
-    store = artifacts.get_store()
     digest = store.write_parquet(raw_key(day), batch)
     seconds = time.perf_counter() - started
     context.log.info(f"ingested {batch.height} rows from {len(files)} files for {day}")
@@ -104,6 +120,7 @@ def raw_batches(
         metadata={
             "rows": batch.height,
             "source_files": dg.MetadataValue.json(sources),
+            "quarantined_files": dg.MetadataValue.json(rejected),
             "path": dg.MetadataValue.path(store.url(raw_key(day))),
             "sha256": digest,
             "rows_per_second": round(batch.height / seconds, 1),

@@ -9,7 +9,13 @@ validation result) and ``validated/<day>.json`` (the batch's manifest, read by
 import dagster as dg
 import polars as pl
 
-from lepton_assets.ingestion import SOURCE_FILE, SOURCE_ROW, raw_batches, raw_key
+from lepton_assets.ingestion import (
+    PARSE_ERRORS,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    raw_batches,
+    raw_key,
+)
 from lepton_assets.partitions import daily_partitions_def
 from resources.artifact_store import ArtifactStoreResource
 from resources.dataset import DatasetResource
@@ -35,11 +41,16 @@ def validated_manifest_key(partition_key: str) -> str:
 def split_by_failures(
     raw: pl.DataFrame, failures: dict[int, list[str]]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(clean rows without lineage columns, rejected rows with lineage and broken rules)."""
+    """(clean rows without lineage columns, rejected rows with lineage and broken rules).
+
+    A row's rules are its parse errors from ingestion, then the expectations it broke.
+    """
     rules = pl.Series(
-        FAILED_RULES, [failures.get(i, []) for i in range(raw.height)], dtype=pl.List(pl.String)
+        "_gx_rules", [failures.get(i, []) for i in range(raw.height)], dtype=pl.List(pl.String)
     )
-    tagged = raw.with_columns(rules)
+    tagged = raw.with_columns(
+        pl.concat_list([pl.col(PARSE_ERRORS), pl.lit(rules)]).alias(FAILED_RULES)
+    ).drop(PARSE_ERRORS)
     rejected = tagged.filter(pl.col(FAILED_RULES).list.len() > 0)
     clean = tagged.filter(pl.col(FAILED_RULES).list.len() == 0).drop(
         SOURCE_FILE, SOURCE_ROW, FAILED_RULES

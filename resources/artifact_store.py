@@ -143,13 +143,16 @@ class ArtifactStore:
         return self.fs.exists(self.path(key))
 
     def list(self, prefix: str) -> list[str]:
-        """Keys of the files directly under ``prefix``, sorted; temporary files excluded."""
+        """Keys of the files (and symlinks) directly under ``prefix``, sorted; temporary files
+        excluded."""
         base = self.path(prefix)
         if not self.fs.exists(base):
             return []
         keys = []
         for entry in self.fs.ls(base, detail=True):
-            if entry["type"] != "file":
+            # Symlinks (type "other" locally) are listed too: readers such as the landing
+            # zone decide whether to follow them, rather than skipping them silently.
+            if entry["type"] != "file" and not entry.get("islink"):
                 continue
             name = posixpath.basename(entry["name"].rstrip("/"))
             if not name.startswith(".tmp-"):

@@ -4,12 +4,20 @@ Layout: ``<landing uri>/<YYYY-MM-DD>/<file>.{parquet,csv,csv.gz}``. Lepton only 
 files are listed, hashed and recorded, never modified or deleted.
 """
 
+import os
+import re
+
 import dagster as dg
 from pydantic import Field
 
 from resources.artifact_store import ArtifactStore, lepton_home, setting
 
 LANDING_SUFFIXES = (".parquet", ".csv", ".csv.gz")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+class LandingFileError(ValueError):
+    """A landing file that must not be read: unsafe name, or a link out of the zone."""
 
 
 class LandingZoneResource(dg.ConfigurableResource):
@@ -32,6 +40,34 @@ class LandingZoneResource(dg.ConfigurableResource):
         return ArtifactStore(self.resolved_uri())
 
     def partition_files(self, partition_key: str) -> list[str]:
-        """Keys of the landing files of one daily partition, sorted by name."""
+        """Keys of the landing files of one daily partition, sorted by name.
+
+        Hidden files (a leading dot: uploads in progress, OS litter) are ignored; a name that
+        is not plain (``..``, separators, odd characters) is refused, naming the file.
+        """
         store = self.get_store()
-        return [k for k in store.list(partition_key) if k.endswith(LANDING_SUFFIXES)]
+        keys = []
+        for key in store.list(partition_key):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith("."):
+                continue
+            if ".." in name or not SAFE_NAME.match(name):
+                raise LandingFileError(
+                    f"{store.url(key)}: unsafe landing file name (allowed: letters, digits, "
+                    "'.', '_', '-', no '..')"
+                )
+            if key.endswith(LANDING_SUFFIXES):
+                keys.append(key)
+        return keys
+
+    def read(self, key: str) -> bytes:
+        """A landing file's bytes; a symlink that leads out of the landing zone is refused."""
+        store = self.get_store()
+        if store.is_local:
+            real = os.path.realpath(store.path(key))
+            root = os.path.realpath(store.root)
+            if not real.startswith(root + os.sep):
+                raise LandingFileError(
+                    f"{store.url(key)}: resolves to {real}, outside the landing zone {root}"
+                )
+        return store.read_bytes(key)

@@ -1,0 +1,121 @@
+"""Ingestion and validation speed, side by side in one run.
+
+    .venv/bin/python bench/data_bench.py [--rows 1000000]
+
+A partition of ``--rows`` digits rows (repeated with fresh ids, a few rows corrupted) lands as
+one Parquet and one CSV file. Prints:
+
+- ingest throughput (rows/s) of Lepton's ingestion (Polars) against pandas reading the same
+  files into one frame;
+- validation time of the Polars path against GX's pandas engine on the digits suite
+  (133 expectations), and whether their verdicts are identical (success and unexpected count
+  of every expectation).
+
+Targets: validation at least 30x faster than GX's pandas engine with identical verdicts,
+and validation costing no more than ingestion.
+"""
+
+import argparse
+import io
+import json
+import time
+
+import pandas as pd
+import polars as pl
+
+from lepton_assets.dataset_spec import DIGITS_SPEC
+from lepton_assets.demo import digits_frame
+from lepton_assets.ingestion import read_landing_file
+from resources.expectations import ExpectationsResource, build_suite
+
+
+def partition(rows: int) -> pl.DataFrame:
+    base = digits_frame()
+    copies = -(-rows // base.height)
+    frame = pl.concat(
+        [base.with_columns(pl.col("sample_id") + f"-r{i}") for i in range(copies)]
+    ).head(rows)
+    # A handful of bad rows so that the verdicts are not trivially all-pass.
+    return (
+        frame.with_row_index("_n")
+        .with_columns(
+            pl.when(pl.col("_n") % 100_003 == 7)
+            .then(99.0)
+            .otherwise(pl.col("pixel_05"))
+            .alias("pixel_05"),
+            pl.when(pl.col("_n") % 200_003 == 11)
+            .then(42)
+            .otherwise(pl.col("label"))
+            .alias("label"),
+        )
+        .drop("_n")
+    )
+
+
+def timed(fn):  # noqa: ANN001, ANN201 - a tiny local helper
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    frame = partition(args.rows)
+    half = frame.height // 2
+    files = {"day/a.parquet": io.BytesIO(), "day/b.csv": io.BytesIO()}
+    frame[:half].write_parquet(files["day/a.parquet"])
+    frame[half:].write_csv(files["day/b.csv"])
+    blobs = {name: buf.getvalue() for name, buf in files.items()}
+    print(
+        f"partition: {frame.height} rows x {frame.width} columns; "
+        f"{sum(map(len, blobs.values())) / 1e6:.0f} MB of landing files"
+    )
+
+    def ingest_polars() -> pl.DataFrame:
+        return pl.concat([read_landing_file(n, b, DIGITS_SPEC) for n, b in blobs.items()])
+
+    def ingest_pandas() -> pd.DataFrame:
+        return pd.concat(
+            [
+                pd.read_parquet(io.BytesIO(blobs["day/a.parquet"])),
+                pd.read_csv(io.BytesIO(blobs["day/b.csv"])),
+            ],
+            ignore_index=True,
+        )
+
+    raw, polars_ingest = timed(ingest_polars)
+    _, pandas_ingest = timed(ingest_pandas)
+    batch = raw.select(DIGITS_SPEC.columns)
+    suite = build_suite(DIGITS_SPEC)
+    fast, polars_validate = timed(
+        lambda: ExpectationsResource(engine="polars").run_suite(batch, suite)
+    )
+    reference, gx_validate = timed(
+        lambda: ExpectationsResource(engine="pandas").run_suite(batch, suite)
+    )
+    identical = all(
+        a.success == b.success
+        and (a.result or {}).get("unexpected_count") == (b.result or {}).get("unexpected_count")
+        for a, b in zip(fast.results, reference.results, strict=True)
+    )
+    results = {
+        "rows": frame.height,
+        "ingest_rows_per_s_polars": round(frame.height / polars_ingest),
+        "ingest_rows_per_s_pandas": round(frame.height / pandas_ingest),
+        "ingest_speedup_vs_pandas": round(pandas_ingest / polars_ingest, 2),
+        "validate_seconds_polars": round(polars_validate, 3),
+        "validate_seconds_gx_pandas": round(gx_validate, 3),
+        "validate_speedup_vs_gx": round(gx_validate / polars_validate, 1),
+        "validate_over_ingest": round(polars_validate / polars_ingest, 3),
+        "identical_verdicts": identical,
+        "failed_expectations": sum(not r.success for r in fast.results),
+    }
+    for key, value in results.items():
+        print(f"  {key:28s} {value}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
