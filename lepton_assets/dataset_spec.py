@@ -51,6 +51,18 @@ class DatasetSpec(BaseModel):
         description="largest fraction of a partition's rows that may be quarantined before "
         "the partition's blocking check fails",
     )
+    feature_psi_threshold: float | None = Field(
+        default=0.25,
+        ge=0.0,
+        description="largest PSI of any feature against the training "
+        "reference before the drift check fails; None disables",
+    )
+    label_psi_threshold: float | None = Field(
+        default=0.25,
+        ge=0.0,
+        description="largest PSI of the label distribution against the "
+        "training reference before the drift check fails; None disables",
+    )
     on_unreadable_file: Literal["fail", "quarantine"] = Field(
         default="fail",
         description="a landing file that cannot be parsed fails the partition (fail) or is "

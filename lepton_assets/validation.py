@@ -3,12 +3,19 @@
 Outputs per day: ``validated/<day>.parquet`` (clean rows), ``quarantine/<day>.parquet``
 (rejected rows with their file, line and broken rules), ``validation/<day>.json`` (the GX
 validation result) and ``validated/<day>.json`` (the batch's manifest, read by
-``training_dataset``).
+``training_dataset``), plus the suite (``validation/<day>.suite.json``) and GX's Data Docs
+page (``validation/<day>.html``).
 """
 
 import dagster as dg
 import polars as pl
 
+from lepton_assets.batch_checks import (
+    drift,
+    drift_verdict,
+    ids_in_other_days,
+    reference_train_split,
+)
 from lepton_assets.ingestion import (
     PARSE_ERRORS,
     SOURCE_FILE,
@@ -22,12 +29,15 @@ from resources.dataset import DatasetResource
 from resources.expectations import (
     ExpectationsResource,
     build_suite,
+    data_docs_html,
     row_failures,
     table_failures,
 )
 
 FAILED_RULES = "_failed_rules"
 SUITE_CHECK = "expectation_suite"
+UNIQUE_CHECK = "unique_ids_across_days"
+DRIFT_CHECK = "drift"
 
 
 def validated_key(partition_key: str) -> str:
@@ -70,7 +80,20 @@ def split_by_failures(
             blocking=True,
             description="The day's batch meets the schema and at most the spec's quarantine "
             "threshold of its rows break a row rule; downstream assets wait on it.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            UNIQUE_CHECK,
+            asset="validated_batches",
+            blocking=True,
+            description="No sample id of the day is already in another validated day.",
+        ),
+        dg.AssetCheckSpec(
+            DRIFT_CHECK,
+            asset="validated_batches",
+            blocking=True,
+            description="Label and feature distributions stay within the spec's PSI thresholds "
+            "against the current training dataset's train split.",
+        ),
     ],
 )
 def validated_batches(
@@ -98,11 +121,17 @@ def validated_batches(
     digest = store.write_parquet(validated_key(day), clean)
     # Written even when empty, so a rerun after a fix replaces the earlier quarantine.
     store.write_parquet(f"quarantine/{day}.parquet", rejected)
+    # The GX result, the suite it ran and GX's Data Docs page, side by side.
     store.write_json(f"validation/{day}.json", result.to_json_dict())
-    store.write_json(f"suites/{suite.name}.json", suite.to_json_dict())
+    store.write_json(f"validation/{day}.suite.json", suite.to_json_dict())
+    store.write_text(f"validation/{day}.html", data_docs_html(result))
 
     fraction = rejected.height / raw.height if raw.height else 0.0
     passed = not batch_failures and fraction <= spec.quarantine_threshold
+    repeated = ids_in_other_days(store, spec, day, clean[spec.id_column])
+    reference = reference_train_split(store)
+    measured = drift(spec, reference, clean) if reference is not None and clean.height else None
+    drifted = drift_verdict(spec, measured) if measured else []
     rule_counts = (
         rejected.select(pl.col(FAILED_RULES).explode()).to_series().value_counts(sort=True)
         if rejected.height
@@ -116,7 +145,7 @@ def validated_batches(
             "rows": clean.height,
             "quarantined": rejected.height,
             "sha256": digest,
-            "check_passed": passed,
+            "check_passed": passed and not repeated and not drifted,
             "suite": suite.name,
         },
     )
@@ -140,6 +169,7 @@ def validated_batches(
             "path": dg.MetadataValue.path(store.url(validated_key(day))),
             "quarantine": dg.MetadataValue.path(store.url(f"quarantine/{day}.parquet")),
             "validation_result": dg.MetadataValue.path(store.url(f"validation/{day}.json")),
+            "data_docs": dg.MetadataValue.url(store.url(f"validation/{day}.html")),
             "sha256": digest,
         },
         check_results=[
@@ -156,6 +186,29 @@ def validated_batches(
                     else f"{fraction:.1%} of rows quarantined > threshold "
                     f"{spec.quarantine_threshold:.1%}"
                 ),
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name=UNIQUE_CHECK,
+                passed=not repeated,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "repeated_ids": len(repeated),
+                    "examples": dg.MetadataValue.json(repeated[:10]),
+                },
+                description=None
+                if not repeated
+                else (f"{len(repeated)} ids already in other days, e.g. {repeated[:3]}"),
+            ),
+            dg.AssetCheckResult(
+                check_name=DRIFT_CHECK,
+                passed=not drifted,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "reference": "none yet" if measured is None else "training train split",
+                    "label_psi": measured["label_psi"] if measured else None,
+                    "max_feature_psi": max(measured["feature_psi"].values()) if measured else None,
+                },
+                description="; ".join(drifted) if drifted else None,
+            ),
         ],
     )

@@ -19,6 +19,8 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 from great_expectations.expectations.registry import get_expectation_impl
+from great_expectations.render.renderer import ValidationResultsPageRenderer
+from great_expectations.render.view import DefaultJinjaPageView
 from pydantic import Field
 
 from lepton_assets.dataset_spec import DatasetSpec
@@ -46,6 +48,12 @@ def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
     for extra in spec.extra_expectations:
         expectations.append(get_expectation_impl(extra.type)(**extra.kwargs))
     return gx.ExpectationSuite(name=f"{spec.name}_suite", expectations=expectations)
+
+
+def data_docs_html(result: ExpectationSuiteValidationResult) -> str:
+    """GX's Data Docs page for one validation result, rendered by GX's own renderer."""
+    document = ValidationResultsPageRenderer().render(result)
+    return DefaultJinjaPageView().render(document)
 
 
 def config_key(config: Any) -> str:

@@ -6,9 +6,17 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.definitions import defs
 from lepton_assets.ingestion import IngestionError, raw_batches, raw_key
-from lepton_assets.validation import SUITE_CHECK, validated_batches, validated_key
+from lepton_assets.training import build_dataset, current_key
+from lepton_assets.validation import (
+    DRIFT_CHECK,
+    SUITE_CHECK,
+    UNIQUE_CHECK,
+    validated_batches,
+    validated_key,
+)
 from resources.artifact_store import ArtifactStore
 
 from .conftest import tree_bytes
@@ -24,6 +32,11 @@ def materialize(instance: dg.DagsterInstance, partition_key: str = DAY):
         partition_key=partition_key,
         raise_on_error=False,
     )
+
+
+def check_named(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == name]
+    return check
 
 
 def add_late_csv(landing: ArtifactStore) -> None:
@@ -60,8 +73,12 @@ def test_a_demo_day_ingests_and_validates_cleanly(seeded, artifacts, instance):
     ]
     assert artifacts.read_parquet(validated_key(DAY)).height == 257
     assert artifacts.read_parquet(f"quarantine/{DAY}.parquet").height == 0
-    checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [(SUITE_CHECK, True)]
+    docs = artifacts.read_text(f"validation/{DAY}.html")
+    assert "Data documentation compiled by Great Expectations" in docs and "digits_suite" in docs
+    suite = artifacts.read_json(f"validation/{DAY}.suite.json")
+    assert len(suite["expectations"]) == 133
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {SUITE_CHECK: True, UNIQUE_CHECK: True, DRIFT_CHECK: True}
 
 
 def test_bad_rows_are_quarantined_with_file_line_and_rule_and_landing_is_untouched(
@@ -103,8 +120,8 @@ def test_too_many_quarantined_rows_fail_the_blocking_check(seeded, lepton_home, 
     frame.write_parquet(buf)
     seeded.write_bytes(f"{DAY}/batch-a.parquet", buf.getvalue())
     result = materialize(instance)
-    check = result.get_asset_check_evaluations()[0]
-    assert not check.passed
+    check = check_named(result, SUITE_CHECK)
+    assert not check.passed and not result.success
     assert check.description is not None and "quarantined > threshold" in check.description
 
 
@@ -123,3 +140,34 @@ def test_an_unreadable_file_names_the_file(seeded):
 
     with pytest.raises(IngestionError, match=r"2026-01-01/broken.parquet: unreadable"):
         read_landing_file("2026-01-01/broken.parquet", b"PAR1 not really", DIGITS_SPEC)
+
+
+def test_an_id_already_in_another_day_fails_the_unique_check(seeded, artifacts, instance):
+    assert materialize(instance).success
+    repeat = seeded.read_parquet(f"{DAY}/batch-a.parquet").head(2)
+    buf = io.BytesIO()
+    repeat.write_csv(buf)
+    seeded.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+    result = materialize(instance, "2026-01-02")
+    check = check_named(result, UNIQUE_CHECK)
+    assert not check.passed and check.metadata["repeated_ids"].value == 2
+    assert check.description is not None and "digits-0000" in check.description
+    assert not artifacts.read_json("validated/2026-01-02.json")["check_passed"]
+
+
+def test_a_shifted_day_fails_the_drift_check(seeded, artifacts, instance):
+    assert materialize(instance).success
+    version, _ = build_dataset(
+        artifacts, DIGITS_SPEC, [artifacts.read_json(f"validated/{DAY}.json")]
+    )
+    artifacts.write_json(current_key("training_dataset"), {"version": version})
+    assert check_named(materialize(instance, "2026-01-02"), DRIFT_CHECK).passed
+    shifted = seeded.read_parquet(f"{DAY}/batch-a.parquet").with_columns(
+        (pl.col("sample_id") + "-new"), pl.lit(16.0).alias("pixel_10"), pl.lit(3).alias("label")
+    )
+    buf = io.BytesIO()
+    shifted.write_parquet(buf)
+    seeded.write_bytes("2026-01-03/shifted.parquet", buf.getvalue())
+    check = check_named(materialize(instance, "2026-01-03"), DRIFT_CHECK)
+    assert not check.passed and check.description is not None
+    assert "label PSI" in check.description and "pixel_10=" in check.description

@@ -29,7 +29,12 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "champion_model": "evaluation",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert checks == {("validated_batches", "expectation_suite"), ("evaluation_report", "blessed")}
+    assert checks == {
+        ("validated_batches", "expectation_suite"),
+        ("validated_batches", "unique_ids_across_days"),
+        ("validated_batches", "drift"),
+        ("evaluation_report", "blessed"),
+    }
 
 
 def test_dagster_definitions_validate_passes_on_the_workspace():

@@ -31,3 +31,15 @@ def test_feature_stats_come_from_the_frame_and_guard_constant_features():
     assert stats["mean"] == [2.0, 5.0]
     assert stats["std"][0] == pytest.approx(1.41421, rel=1e-4)
     assert stats["std"][1] == 1.0
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
+    import numpy as np
+
+    from lepton_assets.batch_checks import psi
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, 5000)
+    assert psi(reference, rng.normal(0, 1, 5000)) < 0.02
+    assert psi(reference, rng.normal(1.5, 1, 5000)) > 0.25
+    assert psi(np.zeros(100), np.zeros(50)) == pytest.approx(0.0)
