@@ -1,4 +1,5 @@
-"""The one Definitions object of Lepton: assets per group, resources, jobs, sensors.
+"""The one Definitions object of Lepton: assets per group, resources, jobs, schedules,
+sensors.
 
 Nothing here reads the environment: resources resolve their settings when a run uses them.
 """
@@ -11,13 +12,16 @@ from lepton_assets.evaluation import evaluation_report
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.training import trained_model, training_dataset
 from lepton_assets.validation import validated_batches
+from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
 from resources.dataset import DatasetResource
 from resources.expectations import ExpectationsResource
 from resources.horovod_launcher import HorovodLauncherResource
 from resources.landing_zone import LandingZoneResource
+from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import ingest_job, rollback_job, training_job
-from schedules.sensors import landing_sensor
+from schedules.schedules import nightly_ingest_schedule
+from schedules.sensors import failure_alert_sensor, landing_sensor, retraining_sensor
 
 ingestion_assets = [raw_batches]
 validation_assets = [validated_batches]
@@ -31,6 +35,8 @@ resources = {
     "dataset": DatasetResource(),
     "expectations": ExpectationsResource(),
     "horovod": HorovodLauncherResource(),
+    "retraining": RetrainingPolicyResource(),
+    "alerts": AlertWebhookResource(),
 }
 
 defs = dg.Definitions(
@@ -42,6 +48,7 @@ defs = dg.Definitions(
         *evaluation_assets,
     ],
     jobs=[ingest_job, training_job, rollback_job],
-    sensors=[landing_sensor],
+    schedules=[nightly_ingest_schedule],
+    sensors=[landing_sensor, retraining_sensor, failure_alert_sensor],
     resources=resources,
 )

@@ -100,6 +100,8 @@ def build_dataset(
         "version": version,
         "spec": spec.model_dump(),
         "partitions": [m["partition"] for m in ordered],
+        # (day, content hash) pairs: what retraining_sensor compares new validated days with.
+        "inputs": [[m["partition"], m["sha256"]] for m in ordered],
         "rows": {s: f.height for s, f in splits.items()},
         "sha256": hashes,
         "stats": feature_stats(splits["train"], spec.feature_columns),

@@ -1,4 +1,5 @@
-"""Sensors: start ingestion when landing files appear or change."""
+"""Sensors: ingestion when landing files change, retraining when validated data grows,
+alerts when a run fails."""
 
 import hashlib
 import json
@@ -7,8 +8,12 @@ import re
 import dagster as dg
 
 from lepton_assets.partitions import daily_partitions_def
+from lepton_assets.training import accepted_partitions, current_key, dataset_prefix
+from resources.alerts import AlertWebhookResource
+from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
-from schedules.jobs import ingest_job
+from resources.retraining_policy import RetrainingPolicyResource
+from schedules.jobs import ingest_job, training_job
 
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -57,3 +62,74 @@ def landing_sensor(
     if waiting:
         context.log.info(f"landing folders that are not partitions yet: {waiting}")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+
+
+@dg.sensor(
+    job=training_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests the training -> compression -> evaluation -> champion chain once per "
+    "new dataset version, when enough new validated days are there.",
+)
+def retraining_sensor(
+    context: dg.SensorEvaluationContext,
+    artifacts: ArtifactStoreResource,
+    retraining: RetrainingPolicyResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Compares the validated days whose checks passed with the days (and their content
+    hashes) in the current training dataset. The run key is a hash of the validated days and
+    their content, the same inputs training_dataset versions, so each dataset version is
+    trained once however often the sensor ticks."""
+    store = artifacts.get_store()
+    accepted, _ = accepted_partitions(store)
+    if not accepted:
+        return dg.SkipReason("no validated day has passed its checks yet")
+    trained: set[tuple[str, str]] = set()
+    if store.exists(current_key("training_dataset")):
+        version = store.read_json(current_key("training_dataset"))["version"]
+        info = store.read_json(f"{dataset_prefix(version)}/dataset.json")
+        trained = {tuple(pair) for pair in info["inputs"]}
+    inputs = sorted((m["partition"], m["sha256"]) for m in accepted)
+    new = [day for day, digest in inputs if (day, digest) not in trained]
+    if len(new) < retraining.min_new_days:
+        return dg.SkipReason(
+            f"{len(new)} new validated day(s); retraining waits for {retraining.min_new_days}"
+        )
+    key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+    context.log.info(f"new validated days {new}: requesting training_job")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"retrain:{key}", tags={"lepton/new_days": ",".join(new)})
+        ]
+    )
+
+
+@dg.run_failure_sensor(
+    name="failure_alert_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Logs a structured alert for every failed run and posts it to the webhook "
+    "named by AlertWebhookResource, if set.",
+)
+def failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertWebhookResource) -> None:
+    run = context.dagster_run
+    partition = run.tags.get("dagster/partition")
+    steps = []
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:  # the user's error, not the wrapper
+            error = error.cause
+        steps.append({"step": event.step_key, "error": (error.message if error else "")[:500]})
+    alert = {
+        "job": run.job_name,
+        "run_id": run.run_id,
+        "partition": partition,
+        "error": context.failure_event.message,
+        "failed_steps": steps,
+        "summary": f"Lepton run failed: {run.job_name}"
+        + (f" [{partition}]" if partition else "")
+        + f" ({run.run_id[:8]}): "
+        + (steps[0]["error"].splitlines()[0] if steps and steps[0]["error"] else "see the run"),
+    }
+    context.log.error("lepton_alert " + json.dumps(alert, sort_keys=True))
+    posted = alerts.post(alert)
+    context.log.info(f"alert {'posted to the webhook' if posted else 'logged (no webhook set)'}")

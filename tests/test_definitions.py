@@ -15,6 +15,9 @@ def test_definitions_name_the_jobs_groups_and_checks():
     }
     sensor = defs.resolve_sensor_def("landing_sensor")
     assert sensor.job_name == "ingest_job" and sensor.minimum_interval_seconds == 30
+    assert defs.resolve_sensor_def("retraining_sensor").job_name == "training_job"
+    assert defs.resolve_sensor_def("failure_alert_sensor") is not None
+    assert defs.resolve_schedule_def("nightly_ingest_schedule").cron_schedule == "0 2 * * *"
     graph = defs.resolve_asset_graph()
     groups = {
         key.to_user_string(): graph.get(key).group_name for key in graph.materializable_asset_keys

@@ -65,15 +65,7 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     # A second training run is judged against the champion on the same test split; with the
     # regression rules relaxed it is promoted, and a rollback restores the first champion.
     relaxed = {"min_accuracy": 0.5, "max_regression": 1.0, "max_class_regression": 1.0}
-    result = defs.resolve_job_def("training_job").execute_in_process(
-        instance=instance,
-        run_config={
-            "ops": {
-                "trained_model": {"config": {"seed": 1, "epochs": 8}},
-                "evaluation_report": {"config": relaxed},
-            }
-        },
-    )
+    assert train_again(instance, {"seed": 1, "epochs": 8}, relaxed).success
     second = latest_evaluation(store)
     assert second["champion_model"] == champion["model_prefix"]
     assert second["champion"]["accuracy"] == evaluation["candidate"]["accuracy"]
@@ -102,16 +94,7 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
 
     # A candidate that breaks a rule is not promoted; the check says which rule.
     strict = {"min_accuracy": 1.0}
-    result = defs.resolve_job_def("training_job").execute_in_process(
-        instance=instance,
-        run_config={
-            "ops": {
-                "trained_model": {"config": {"seed": 2, "epochs": 1}},
-                "evaluation_report": {"config": strict},
-            }
-        },
-        raise_on_error=False,
-    )
+    result = train_again(instance, {"seed": 2, "epochs": 1}, strict)
     assert not result.success
     rejected = latest_evaluation(store)
     assert not rejected["blessed"] and "below the floor 1.0000" in rejected["broken_rules"][0]
@@ -120,6 +103,22 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     assert not check.passed and check.description == "; ".join(rejected["broken_rules"])
     report = store.read_text(latest_report(store) + "/report.html")
     assert "NOT BLESSED" in report and "below the floor" in report
+
+
+def train_again(
+    instance: dg.DagsterInstance, training: dict, evaluation: dict
+) -> dg.ExecuteInProcessResult:
+    """training_job once more, with these TrainingConfig and EvaluationConfig values."""
+    return defs.resolve_job_def("training_job").execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {
+                "trained_model": {"config": training},
+                "evaluation_report": {"config": evaluation},
+            }
+        },
+        raise_on_error=False,
+    )
 
 
 def latest_report(store: ArtifactStore) -> str:

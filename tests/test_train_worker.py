@@ -45,9 +45,8 @@ def test_trains_checkpoints_every_epoch_and_resumes_where_it_stopped(
     artifacts: ArtifactStore, dataset_version: str
 ):
     train(artifacts, job(dataset_version, epochs=2), None)
-    checkpoint = torch.load(
-        io.BytesIO(artifacts.read_bytes("checkpoints/test/run-1/latest.pt")), weights_only=True
-    )
+    saved = io.BytesIO(artifacts.read_bytes("checkpoints/test/run-1/latest.pt"))
+    checkpoint = torch.load(saved, weights_only=True)
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
 
     trainer = Trainer(artifacts, job(dataset_version, epochs=4), None)

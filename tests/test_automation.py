@@ -1,0 +1,134 @@
+"""The nightly schedule, the retraining sensor and failure alerts, on a real instance."""
+
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+import pytest
+
+from lepton_assets.dataset_spec import DIGITS_SPEC
+from lepton_assets.definitions import defs, resources
+from lepton_assets.demo import digits_frame
+from lepton_assets.ingestion import raw_batches
+from lepton_assets.training import build_dataset, current_key
+from resources.alerts import AlertWebhookResource
+from resources.artifact_store import ArtifactStore
+from resources.retraining_policy import RetrainingPolicyResource
+from schedules.sensors import failure_alert_sensor, retraining_sensor
+
+
+def test_nightly_schedule_ingests_yesterday_at_two_utc():
+    schedule = defs.resolve_schedule_def("nightly_ingest_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC" and schedule.job_name == "ingest_job"
+    tick = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 8, 2, tzinfo=UTC))
+    requests = schedule.evaluate_tick(tick).run_requests or []
+    assert [r.partition_key for r in requests] == ["2026-01-07"]
+
+
+def validate_day(store: ArtifactStore, day: str, rows: range) -> None:
+    """A validated day as validated_batches leaves it (parquet + manifest with checks passed)."""
+    frame = digits_frame()[rows.start : rows.stop]
+    digest = store.write_parquet(f"validated/{day}.parquet", frame)
+    store.write_json(
+        f"validated/{day}.json",
+        {"partition": day, "rows": frame.height, "sha256": digest, "check_passed": True},
+    )
+
+
+def retrain_tick(instance: dg.DagsterInstance, store: ArtifactStore, min_new_days: int = 1):
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={
+            "artifacts": resources["artifacts"],
+            "retraining": RetrainingPolicyResource(min_new_days=min_new_days),
+        },
+    )
+    return retraining_sensor(context)
+
+
+def test_retraining_is_requested_once_per_new_dataset_version(
+    artifacts: ArtifactStore, instance: dg.DagsterInstance
+):
+    assert isinstance(retrain_tick(instance, artifacts), dg.SkipReason)
+    validate_day(artifacts, "2026-01-01", range(0, 600))
+    first = retrain_tick(instance, artifacts)
+    assert isinstance(first, dg.SensorResult) and first.run_requests
+    again = retrain_tick(instance, artifacts)
+    assert isinstance(again, dg.SensorResult) and again.run_requests
+    assert again.run_requests[0].run_key == first.run_requests[0].run_key  # deduplicated
+
+    manifests = [artifacts.read_json("validated/2026-01-01.json")]
+    version, _ = build_dataset(artifacts, DIGITS_SPEC, manifests)
+    artifacts.write_json(current_key("training_dataset"), {"version": version})
+    assert isinstance(retrain_tick(instance, artifacts), dg.SkipReason)  # nothing new
+
+    validate_day(artifacts, "2026-01-02", range(600, 900))
+    assert isinstance(retrain_tick(instance, artifacts, min_new_days=2), dg.SkipReason)
+    second = retrain_tick(instance, artifacts)
+    assert isinstance(second, dg.SensorResult) and second.run_requests
+    request = second.run_requests[0]
+    assert request.run_key != first.run_requests[0].run_key
+    assert request.tags["lepton/new_days"] == "2026-01-02"
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers["Content-Length"])
+        Hook.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base name
+        pass
+
+
+def test_a_failed_run_is_logged_and_posted_to_the_webhook(
+    seeded: ArtifactStore, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+):
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    try:
+        failed = dg.materialize(
+            [raw_batches],
+            resources=resources,
+            instance=instance,
+            partition_key="2025-06-01",
+            raise_on_error=False,
+        )
+        assert not failed.success
+        run = instance.get_run_by_id(failed.run_id)
+        [failure] = [
+            r.dagster_event
+            for r in instance.all_logs(failed.run_id)
+            if r.dagster_event and r.dagster_event.is_run_failure
+        ]
+        assert run is not None and failure is not None
+        context = dg.build_run_status_sensor_context(
+            sensor_name="failure_alert_sensor",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=failure,
+            resources={"alerts": AlertWebhookResource()},
+        ).for_run_failure()
+        failure_alert_sensor(context)
+    finally:
+        server.shutdown()
+    [message] = Hook.received
+    alert = message["alert"]
+    assert alert["run_id"] == failed.run_id and alert["partition"] == "2025-06-01"
+    assert alert["failed_steps"][0]["step"] == "raw_batches"
+    assert "no landing files for 2025-06-01" in message["text"]
+
+
+def test_without_a_webhook_the_alert_is_only_logged(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("LEPTON_ALERT_WEBHOOK_URL", raising=False)
+    assert AlertWebhookResource().post({"summary": "x"}) is False
+    monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", "file:///etc/passwd")
+    with pytest.raises(ValueError, match="must be an http"):
+        AlertWebhookResource().post({"summary": "x"})
