@@ -140,12 +140,17 @@ class ArtifactStore:
         return sha256_bytes(self.read_bytes(key))
 
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        path = self.path(key)
+        self.fs.invalidate_cache(path)
+        return self.fs.exists(path)
 
     def list(self, prefix: str) -> list[str]:
         """Keys of the files (and symlinks) directly under ``prefix``, sorted; temporary files
         excluded."""
         base = self.path(prefix)
+        # Object stores' listings are cached per filesystem instance (s3fs's dircache), and
+        # fsspec reuses instances: forget them so a poll sees files that just landed.
+        self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []
         keys = []
