@@ -8,9 +8,18 @@
 #   3. Horovod 0.28.1 from its sdist, patched to compile as C++17 (PyTorch >= 2.1 needs it),
 #      built once with PyTorch + Gloo and cached outside the repo, keyed by the torch and
 #      horovod versions; later runs reuse the cached wheel.
-#   4. the project itself with its dev extras.
+#   4. the project itself with its dev extras;
+#   5. with --test, the system packages the tests need (Chromium and ChromeDriver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+WITH_TEST_TOOLS=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TEST_TOOLS=1 ;;
+    *) printf '[setup] error: unknown argument %s (known: --test)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 PYTHON=${PYTHON:-python3}
 VENV=${LEPTON_VENV:-.venv}
@@ -86,4 +95,14 @@ fi
 # --- 4. the project ------------------------------------------------------------------
 log "installing lepton with dev extras"
 pip_install -e '.[dev]'
+
+# --- 5. with --test: what the tests need beyond Python -------------------------------
+# Debian's Chromium and its matching ChromeDriver, for the UI test in a real browser.
+if [ "$WITH_TEST_TOOLS" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+  command -v apt-get >/dev/null || die "the browser test needs chromium and chromedriver; install them"
+  [ "$(id -u)" = 0 ] || die "installing chromium needs root: sudo apt-get install chromium chromium-driver"
+  log "installing chromium and chromium-driver (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 log "ready: $VENV"

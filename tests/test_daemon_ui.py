@@ -1,0 +1,181 @@
+"""Dagster for real: the webserver and the daemon on loopback with a temporary home. A file
+dropped into the landing zone must lead, with no further action, to a successful
+sensor-triggered run, checked through Dagster's GraphQL API."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
+from lepton_assets.demo import seed_landing
+from resources.artifact_store import ArtifactStore
+
+from .test_s3 import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RUNS_QUERY = """
+query SensorRuns {
+  runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: "landing_sensor"}]}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}"""
+
+
+def graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def wait_for(condition, seconds: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {seconds}s waiting for {what}"
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def dagster_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """dagster-webserver and dagster-daemon on this project, each in its own process group."""
+    tmp_path = tmp_path_factory.mktemp("services")
+    home = tmp_path / "lepton"
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    (dagster_home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
+    env.update(LEPTON_HOME=str(home), DAGSTER_HOME=str(dagster_home), PYTHONUNBUFFERED="1")
+    port = free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    commands = {
+        "webserver": [
+            str(BIN / "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "workspace.yaml",
+        ],
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+    }
+    processes = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=(logs / f"{name}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for name, command in commands.items()
+    ]
+    try:
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, 180, "the webserver")
+        yield port, home
+    finally:
+        # The whole groups: the runs the daemon launched (retraining, say) go with it.
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_dropped_file_is_ingested_by_the_sensor_through_the_daemon(dagster_services):
+    port, home = dagster_services
+    seed_landing(ArtifactStore(f"file://{home / 'landing'}"), days=1, end=date(2026, 1, 1))
+
+    def succeeded() -> dict | None:
+        runs = graphql(port, RUNS_QUERY)["runsOrError"]["results"]
+        failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
+        assert not failed, f"sensor-triggered run failed: {failed}"
+        return next((r for r in runs if r["status"] == "SUCCESS"), None)
+
+    run = wait_for(succeeded, 300, "a successful landing_sensor run")
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags["dagster/partition"] == "2026-01-01"
+    artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
+    assert artifacts.read_json("validated/2026-01-01.json")["check_passed"]
+
+
+GROUPS = {
+    "ingestion": ["raw_batches"],
+    "validation": ["validated_batches"],
+    "training": ["training_dataset", "trained_model"],
+    "compression": ["compressed_model"],
+    "evaluation": ["evaluation_report", "champion_model"],
+}
+
+
+@pytest.mark.integration
+def test_the_asset_graph_shows_the_lifecycle_in_a_real_browser(dagster_services):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    port, _ = dagster_services
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1600,1000",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    output = ROOT / "test-output"
+    output.mkdir(exist_ok=True)
+
+    def show(path: str, names: list[str], picture: str) -> None:
+        browser.get(f"http://127.0.0.1:{port}{path}")
+        wait_for(lambda: all(n in browser.page_source for n in names), 90, f"{names} on {path}")
+        time.sleep(2)  # the graph's layout settles, and the UI's welcome dialog appears
+        for skip in browser.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+            skip.click()
+        time.sleep(1)
+        shot = output / picture
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    try:
+        # The global lineage shows one node per group; each group's page shows its assets.
+        show("/asset-groups", list(GROUPS), "asset_graph.png")
+        for group, assets in GROUPS.items():
+            show(f"/locations/lepton/asset-groups/{group}/lineage", assets, f"group_{group}.png")
+    finally:
+        browser.quit()
