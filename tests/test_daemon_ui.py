@@ -1,6 +1,6 @@
 """Dagster for real: the webserver and the daemon on loopback with a temporary home. A file
-dropped into the landing zone must lead, with no further action, to a successful
-sensor-triggered run, checked through Dagster's GraphQL API."""
+dropped into the landing zone must lead, with no further action, to a validated partition and
+then a retrained, evaluated and promoted model, checked through Dagster's GraphQL API."""
 
 import json
 import os
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUNS_QUERY = """
 query SensorRuns {
-  runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: "landing_sensor"}]}) {
+  runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: "%s"}]}) {
     ... on Runs { results { runId status tags { key value } } }
   }
 }"""
@@ -115,17 +115,24 @@ def test_a_dropped_file_is_ingested_by_the_sensor_through_the_daemon(dagster_ser
     port, home = dagster_services
     seed_landing(ArtifactStore(f"file://{home / 'landing'}"), days=1, end=date(2026, 1, 1))
 
-    def succeeded() -> dict | None:
-        runs = graphql(port, RUNS_QUERY)["runsOrError"]["results"]
+    def succeeded(sensor: str) -> dict | None:
+        runs = graphql(port, RUNS_QUERY % sensor)["runsOrError"]["results"]
         failed = [r for r in runs if r["status"] in ("FAILURE", "CANCELED")]
-        assert not failed, f"sensor-triggered run failed: {failed}"
+        assert not failed, f"{sensor} run failed: {failed}"
         return next((r for r in runs if r["status"] == "SUCCESS"), None)
 
-    run = wait_for(succeeded, 300, "a successful landing_sensor run")
+    run = wait_for(lambda: succeeded("landing_sensor"), 300, "a successful landing_sensor run")
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags["dagster/partition"] == "2026-01-01"
     artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
     assert artifacts.read_json("validated/2026-01-01.json")["check_passed"]
+
+    # With no further action: retraining, compression, evaluation and (blessed) promotion.
+    wait_for(lambda: succeeded("retraining_sensor"), 400, "a successful retraining run")
+    champion = artifacts.read_json("champion/current.json")
+    assert champion["action"] == "promote" and artifacts.exists(
+        f"{champion['model_prefix']}/model.pt"
+    )
 
 
 GROUPS = {
