@@ -69,11 +69,15 @@ def drift_verdict(spec: DatasetSpec, measured: dict[str, Any]) -> list[str]:
 def ids_in_other_days(
     store: ArtifactStore, spec: DatasetSpec, day: str, ids: pl.Series
 ) -> list[tuple[str, str]]:
-    """(id, day) for each of ``ids`` that another validated day already holds."""
+    """(id, day) for each of ``ids`` that another accepted day (all its checks passed)
+    already holds. Rejected days do not count: a day refused for repeating another's ids must
+    not make that other day fail when it is validated again."""
     found: list[tuple[str, str]] = []
     for key in store.list("validated"):
         other = key.rsplit("/", 1)[-1].removesuffix(".parquet")
         if not key.endswith(".parquet") or other == day:
+            continue
+        if not store.read_json(f"validated/{other}.json")["check_passed"]:
             continue
         theirs = store.read_parquet(key).select(spec.id_column).to_series()
         found += [(i, other) for i in ids.filter(ids.is_in(theirs.implode())).to_list()]

@@ -41,6 +41,7 @@ def landing_sensor(
     seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     store = landing.get_store()
     existing = set(daily_partitions_def.get_partition_keys())
+    store.fs.invalidate_cache(store.root)  # object stores cache listings; see new folders
     folders = [k.rsplit("/", 1)[-1] for k in store.fs.ls(store.root, detail=False)]
     cursor: dict[str, list] = {}
     requests, waiting = [], []

@@ -153,6 +153,8 @@ def test_an_id_already_in_another_day_fails_the_unique_check(seeded, artifacts, 
     assert not check.passed and check.metadata["repeated_ids"].value == 2
     assert check.description is not None and "digits-0000" in check.description
     assert not artifacts.read_json("validated/2026-01-02.json")["check_passed"]
+    # Validating the first day again is not blocked by the rejected copy.
+    assert check_named(materialize(instance), UNIQUE_CHECK).passed
 
 
 def test_a_shifted_day_fails_the_drift_check(seeded, artifacts, instance):
