@@ -21,7 +21,6 @@ from typing import Any, Literal
 import dagster as dg
 import polars as pl
 import torch
-from matplotlib.figure import Figure
 from pydantic import Field
 from torch import nn
 from torch.nn.utils import prune
@@ -37,17 +36,9 @@ from lepton_assets.models import (
     quantize_static_int8,
     save_model,
 )
-from lepton_assets.training import current_key, load_split, trained_model
+from lepton_assets.plots import pareto_png
+from lepton_assets.training import current_key, features_and_labels, load_split, trained_model
 from resources.artifact_store import ArtifactStoreResource
-
-
-def features_and_labels(
-    frame: pl.DataFrame, spec: DatasetSpec
-) -> tuple[torch.Tensor, torch.Tensor]:
-    features = torch.from_numpy(frame.select(spec.feature_columns).to_numpy().astype("float32"))
-    index = {c: i for i, c in enumerate(spec.classes)}
-    labels = torch.tensor([index[v] for v in frame[spec.label_column].to_list()])
-    return features, labels
 
 
 def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -259,37 +250,6 @@ def choose_variant(
     ]
     metric = OBJECTIVE_METRIC[objective]
     return min(eligible, key=lambda r: (r[metric], r["variant"] != "fp32"))
-
-
-def pareto_png(rows: list[dict[str, Any]], chosen: str) -> bytes:
-    """Validation accuracy against size and against latency, the chosen variant circled."""
-    import io
-
-    fig = Figure(figsize=(9, 3.8), dpi=100)
-    axes = fig.subplots(1, 2)
-    for ax, metric, label in (
-        (axes[0], "size_gzip_bytes", "gzipped size (KiB)"),
-        (axes[1], "latency_b1_p50_ms", "latency, batch 1, p50 (ms)"),
-    ):
-        scale = 1024 if metric == "size_gzip_bytes" else 1
-        for r in rows:
-            x, y = r[metric] / scale, r["val_accuracy"] * 100
-            ax.scatter(
-                [x],
-                [y],
-                s=80 if r["variant"] == chosen else 30,
-                facecolors="none" if r["variant"] == chosen else None,
-                edgecolors="red" if r["variant"] == chosen else None,
-            )
-            ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Compression variants (chosen: {chosen})")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
 
 
 def markdown_table(frame: pl.DataFrame) -> str:

@@ -8,22 +8,21 @@ which rule failed when it may not.
 
 import base64
 import html
-import io
 import re
 import statistics
 from typing import Any
 
 import dagster as dg
 import numpy as np
-from matplotlib.figure import Figure
 from pydantic import Field
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from lepton_assets.champion_pointer import current_champion
-from lepton_assets.compression import compressed_model, features_and_labels, latency_ms
+from lepton_assets.compression import compressed_model, latency_ms
 from lepton_assets.dataset_spec import DatasetSpec
 from lepton_assets.models import load_model, predict_logits
-from lepton_assets.training import current_key, load_split
+from lepton_assets.plots import confusion_png, curves_png
+from lepton_assets.training import current_key, features_and_labels, load_split
 from resources.artifact_store import ArtifactStore, ArtifactStoreResource
 
 BLESSED_CHECK = "blessed"
@@ -115,46 +114,6 @@ def bless(
                 f"{config.max_class_regression:.4f} below the champion's {theirs['f1']:.4f}"
             )
     return broken
-
-
-def png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
-def confusion_png(matrix: list[list[int]], classes: list[int]) -> bytes:
-    # A bare Figure renders with Agg and touches no global pyplot state: safe on a server.
-    fig = Figure(figsize=(5, 4.5), dpi=100)
-    ax = fig.subplots()
-    ax.imshow(np.array(matrix), cmap="Blues")
-    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
-    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            if value:
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
-    ax.set_title("Confusion matrix (test split)")
-    return png(fig)
-
-
-def curves_png(history: list[dict[str, float]]) -> bytes:
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.5), dpi=100)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("loss")
-    loss_ax.legend()
-    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], color="green")
-    acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("validation accuracy")
-    fig.suptitle("Training curves")
-    return png(fig)
 
 
 def report_markdown(ev: dict[str, Any], variants: list[dict[str, Any]]) -> str:
@@ -298,7 +257,7 @@ def champion_metrics(
             f"{info['classes']}; the candidate's dataset has {num_features} and {classes}. "
             "Roll back or clear the champion before switching datasets."
         )
-    size = len(store.read_bytes(f"{prefix}/model.pt"))
+    size = store.size(f"{prefix}/model.pt")
     return prefix, evaluate_model(model, features, labels, classes), size
 
 
@@ -346,7 +305,7 @@ def evaluation_report(
         "dataset_version": version,
         "test_rows": int(labels.shape[0]),
         "candidate": candidate,
-        "candidate_size_bytes": len(store.read_bytes(f"{candidate_prefix}/model.pt")),
+        "candidate_size_bytes": store.size(f"{candidate_prefix}/model.pt"),
         "champion_model": champion_prefix,
         "champion": champion,
         "champion_size_bytes": champion_size,

@@ -193,10 +193,15 @@ def quantize_static_int8(
         return convert_fx(prepared)
 
 
-def model_bytes(model: nn.Module) -> bytes:
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` into bytes (state dicts and checkpoints: tensors and plain values)."""
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save(obj, buf)
     return buf.getvalue()
+
+
+def model_bytes(model: nn.Module) -> bytes:
+    return torch_bytes(model.state_dict())
 
 
 def save_model(store: ArtifactStore, prefix: str, model: nn.Module, info: dict[str, Any]) -> str:

@@ -32,18 +32,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from lepton_assets.dataset_spec import DatasetSpec
-from lepton_assets.models import build_model, save_model, set_standardization
-from lepton_assets.training import dataset_prefix, load_split
+from lepton_assets.models import build_model, save_model, set_standardization, torch_bytes
+from lepton_assets.training import dataset_prefix, features_and_labels, load_split
 from resources.artifact_store import ArtifactStore
 
 MIN_IMPROVEMENT = 1e-4
 
 
 def tensors(frame: pl.DataFrame, spec: DatasetSpec) -> TensorDataset:
-    features = torch.from_numpy(frame.select(spec.feature_columns).to_numpy().astype("float32"))
-    class_index = {c: i for i, c in enumerate(spec.classes)}
-    labels = torch.tensor([class_index[v] for v in frame[spec.label_column].to_list()])
-    return TensorDataset(features, labels)
+    return TensorDataset(*features_and_labels(frame, spec))
 
 
 def seed_everything(seed: int) -> None:
@@ -82,12 +79,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tupl
         torch.tensor([loss_sum, correct, count], dtype=torch.float64), op=hvd.Sum, name="eval"
     )
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
-
-
-def checkpoint_bytes(state: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
 
 
 def load_checkpoint(store: ArtifactStore, key: str) -> dict[str, Any] | None:
@@ -185,7 +176,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.is_root:
-            self.store.write_bytes(self.checkpoint_key, checkpoint_bytes(self.state()))
+            self.store.write_bytes(self.checkpoint_key, torch_bytes(self.state()))
 
     # -- the loop ----------------------------------------------------------------------
     def log(self, message: str) -> None:

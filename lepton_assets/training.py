@@ -10,6 +10,7 @@ from typing import Literal
 
 import dagster as dg
 import polars as pl
+import torch
 from pydantic import Field
 
 from lepton_assets.dataset_spec import DatasetSpec
@@ -63,6 +64,16 @@ def dataset_prefix(version: str) -> str:
 
 def load_split(store: ArtifactStore, version: str, split: str) -> pl.DataFrame:
     return store.read_parquet(f"{dataset_prefix(version)}/{split}.parquet")
+
+
+def features_and_labels(
+    frame: pl.DataFrame, spec: DatasetSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spec's feature columns as a float32 matrix, and labels as class indices."""
+    features = torch.from_numpy(frame.select(spec.feature_columns).to_numpy().astype("float32"))
+    index = {c: i for i, c in enumerate(spec.classes)}
+    labels = torch.tensor([index[v] for v in frame[spec.label_column].to_list()])
+    return features, labels
 
 
 def accepted_partitions(store: ArtifactStore) -> tuple[list[dict], list[str]]:

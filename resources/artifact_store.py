@@ -144,6 +144,22 @@ class ArtifactStore:
         self.fs.invalidate_cache(path)
         return self.fs.exists(path)
 
+    def folders(self) -> list[str]:
+        """Names of the folders at the store's root, sorted (fresh on object stores too)."""
+        self.fs.invalidate_cache(self.root)
+        entries = self.fs.ls(self.root, detail=True)
+        names = (
+            posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory"
+        )
+        return sorted(names)
+
+    def size(self, key: str) -> int:
+        """Size in bytes, without reading the artifact."""
+        size = self.fs.size(self.path(key))
+        if size is None:
+            raise FileNotFoundError(f"{self.url(key)}: no size reported")
+        return int(size)
+
     def list(self, prefix: str) -> list[str]:
         """Keys of the files (and symlinks) directly under ``prefix``, sorted; temporary files
         excluded."""

@@ -110,12 +110,12 @@ class ExpectationsResource(dg.ConfigurableResource):
         self, frame: pl.DataFrame, suite: gx.ExpectationSuite
     ) -> ExpectationSuiteValidationResult:
         expectations = list(suite.expectations)
-        fast = [
-            e
-            for e in expectations
-            if self.engine == "polars" and e.expectation_type in polars_engine.SUPPORTED
-        ]
-        rest = [e for e in expectations if not any(e is f for f in fast)]
+
+        def on_polars(e: Any) -> bool:
+            return self.engine == "polars" and e.expectation_type in polars_engine.SUPPORTED
+
+        fast = [e for e in expectations if on_polars(e)]
+        rest = [e for e in expectations if not on_polars(e)]
         results = dict(zip(map(id, fast), polars_engine.evaluate(frame, fast), strict=True))
         if rest:
             # GX refuses expectations that already belong to a suite: hand it copies.

@@ -41,11 +41,9 @@ def landing_sensor(
     seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     store = landing.get_store()
     existing = set(daily_partitions_def.get_partition_keys())
-    store.fs.invalidate_cache(store.root)  # object stores cache listings; see new folders
-    folders = [k.rsplit("/", 1)[-1] for k in store.fs.ls(store.root, detail=False)]
     cursor: dict[str, list] = {}
     requests, waiting = [], []
-    for day in sorted(d for d in folders if DAY.match(d)):
+    for day in (d for d in store.folders() if DAY.match(d)):
         if day not in existing:
             waiting.append(day)
             continue

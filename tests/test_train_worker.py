@@ -7,11 +7,11 @@ import horovod.torch as hvd
 import pytest
 import torch
 
-from lepton_assets.compression import accuracy, features_and_labels
+from lepton_assets.compression import accuracy
 from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.models import load_model
 from lepton_assets.train_worker import Trainer, train, warmup_factor
-from lepton_assets.training import TrainingConfig, load_split
+from lepton_assets.training import TrainingConfig, features_and_labels, load_split
 from resources.artifact_store import ArtifactStore
 
 

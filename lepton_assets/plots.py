@@ -1,0 +1,76 @@
+"""The report's plots, rendered to PNG bytes.
+
+A bare matplotlib ``Figure`` renders with Agg and touches no global pyplot state: safe in a
+server process and in threads.
+"""
+
+import io
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def confusion_png(matrix: list[list[int]], classes: list[int]) -> bytes:
+    fig = Figure(figsize=(5, 4.5), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(np.array(matrix), cmap="Blues")
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    ax.set_title("Confusion matrix (test split)")
+    return png(fig)
+
+
+def curves_png(history: list[dict[str, float]]) -> bytes:
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], color="green")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("validation accuracy")
+    fig.suptitle("Training curves")
+    return png(fig)
+
+
+def pareto_png(rows: list[dict[str, Any]], chosen: str) -> bytes:
+    """Validation accuracy against size and against latency, the chosen variant circled."""
+    fig = Figure(figsize=(9, 3.8), dpi=100)
+    axes = fig.subplots(1, 2)
+    for ax, metric, label in (
+        (axes[0], "size_gzip_bytes", "gzipped size (KiB)"),
+        (axes[1], "latency_b1_p50_ms", "latency, batch 1, p50 (ms)"),
+    ):
+        scale = 1024 if metric == "size_gzip_bytes" else 1
+        for r in rows:
+            x, y = r[metric] / scale, r["val_accuracy"] * 100
+            ax.scatter(
+                [x],
+                [y],
+                s=80 if r["variant"] == chosen else 30,
+                facecolors="none" if r["variant"] == chosen else None,
+                edgecolors="red" if r["variant"] == chosen else None,
+            )
+            ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Compression variants (chosen: {chosen})")
+    return png(fig)
