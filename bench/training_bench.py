@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from lepton_assets.models import build_model, set_standardization
 from lepton_assets.train_worker import tensors
 from lepton_assets.training import TrainingConfig, build_dataset, load_split
 from resources.artifact_store import ArtifactStore
-from resources.horovod_launcher import HorovodLauncherResource, horovodrun_path
+from resources.horovod_launcher import HorovodLauncherResource
 
 
 def make_dataset(store: ArtifactStore, rows: int) -> str:
@@ -83,27 +82,18 @@ def horovod_run(
     }
     store.write_json(f"{prefix}/job.json", job)
     launcher = HorovodLauncherResource(num_processes=processes)
-    command = [
-        horovodrun_path(),
-        "-np",
-        str(processes),
-        "--gloo",
-        "-H",
-        f"localhost:{processes}",
-        sys.executable,
-        "-m",
-        "lepton_assets.train_worker",
-        "--artifacts-uri",
-        store.uri,
-        "--job-key",
-        f"{prefix}/job.json",
-    ]
-    subprocess.run(
-        command,
-        check=True,
-        env={**os.environ, **launcher.worker_env()},
-        stdout=subprocess.DEVNULL,
-    )
+    with tempfile.TemporaryDirectory() as workdir:
+        command = launcher.command(
+            "lepton_assets.train_worker",
+            ["--artifacts-uri", store.uri, "--job-key", f"{prefix}/job.json"],
+            Path(workdir),
+        )
+        subprocess.run(
+            command,
+            check=True,
+            env={**os.environ, **launcher.worker_env()},
+            stdout=subprocess.DEVNULL,
+        )
     history = store.read_json(f"{prefix}/history.json")
     rates = [h["samples_per_s"] for h in history[1:]]
     return sum(rates) / len(rates)

@@ -79,6 +79,9 @@ def failure_message(output: str, logs: Path, launcher_tail: list[str]) -> str:
             if tail:
                 parts.append(f"--- rank {rank} {stream}, last {len(tail)} lines ---")
                 parts.extend(tail)
+    if len(parts) == 1:  # no per-rank files (a one-process job): the launcher's output
+        parts.append(f"--- last {len(launcher_tail)} lines of output ---")
+        parts.extend(launcher_tail)
     return "\n".join(parts)
 
 
@@ -141,7 +144,10 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         else:
             cmd += ["-H", self.hosts or f"localhost:{self.num_processes}"]
         cmd += ["--start-timeout", str(self.start_timeout_s)]
-        cmd += ["--output-filename", str(workdir / "logs")]
+        if self.num_processes > 1:
+            # Horovod 0.28.1's --output-filename fails with one process (log10(0) padding
+            # the rank folder names); one process's output is the launcher's own anyway.
+            cmd += ["--output-filename", str(workdir / "logs")]
         interface = self.network_interface
         if not interface and self.elastic and not self.hosts:
             # Elastic horovodrun otherwise waits for two hosts to agree on a common interface.

@@ -27,6 +27,27 @@ def test_failure_message_names_the_first_failed_rank_and_its_last_lines(tmp_path
     assert "rank zero" not in message
 
 
+def test_without_rank_files_the_message_shows_the_launcher_output(tmp_path: Path):
+    message = failure_message("Process 0 exit with status code 1.", tmp_path, ["Traceback", "Boom"])
+    assert message.splitlines()[0] == "Horovod rank 0 failed (exit code 1); the job was stopped."
+    assert message.splitlines()[-2:] == ["Traceback", "Boom"]
+
+
+@pytest.mark.slow
+def test_a_single_process_job_runs(
+    artifacts: ArtifactStore, dataset_version: str, instance: dg.DagsterInstance
+):
+    result = dg.materialize(
+        [trained_model],
+        resources={**resources, "horovod": HorovodLauncherResource(num_processes=1)},
+        instance=instance,
+        run_config={"ops": {"trained_model": {"config": {"epochs": 2, "patience": 0}}}},
+    )
+    materialization = result.asset_materializations_for_node("trained_model")[0]
+    assert materialization.metadata["processes"].value == 1
+    assert materialization.metadata["epochs_run"].value == 2
+
+
 def test_a_hung_job_is_stopped_at_the_timeout(tmp_path: Path):
     launcher = HorovodLauncherResource(timeout_s=2)
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
