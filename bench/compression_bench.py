@@ -19,15 +19,14 @@ import polars as pl
 import torch
 from torch import nn
 
-from lepton_assets.compression import (
-    CompressionConfig,
-    latency_ms,
-    measure,
-    variant_builders,
-)
 from lepton_assets.demo import digits_frame
-from lepton_assets.models import build_model, quantize_dynamic_int8, set_standardization
-from lepton_assets.training import feature_stats
+from lepton_core.compress import latency_ms, measure, variant_builders
+from lepton_core.data import dataset_description, fit_preprocessing
+from lepton_core.models import LeptonModel, build_model, quantize_dynamic_int8
+from lepton_core.spec import DIGITS_SPEC, CompressionSettings
+from lepton_core.tasks import TASKS, cross_entropy
+
+CLASSIFICATION = TASKS["classification"]
 
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,15 +38,22 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     return features[train], labels[train], features[held_out], labels[held_out]
 
 
-def train_model(
-    arch: str, widths: list[int] | None, data: tuple[torch.Tensor, ...]
-) -> nn.Sequential:
+def description(arch: str, widths: list[int] | None, x: torch.Tensor) -> dict[str, Any]:
+    """A built-in model's description, preprocessing learned from ``x``."""
+    frame = pl.DataFrame(x.numpy(), schema=DIGITS_SPEC.feature_columns)
+    preprocessing = fit_preprocessing(frame, DIGITS_SPEC)
+    return {
+        "factory": f"lepton_core.models:{arch}",
+        "kwargs": {"widths": widths} if widths else {},
+        "dataset_info": dataset_description(DIGITS_SPEC, preprocessing).model_dump(),
+        "preprocessing": preprocessing,
+    }
+
+
+def train_model(info: dict[str, Any], data: tuple[torch.Tensor, ...]) -> LeptonModel:
     x, y, _, _ = data
     torch.manual_seed(0)
-    model = build_model(arch, 64, 10, [1, 8, 8], widths)
-    columns = [f"f{i}" for i in range(x.shape[1])]
-    stats = feature_stats(pl.DataFrame(x.numpy(), schema=columns), columns)
-    set_standardization(model, stats["mean"], stats["std"])
+    model = build_model(info)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(12):
         model.train()
@@ -62,18 +68,19 @@ def compare(
     name: str, arch: str, widths: list[int] | None, data: tuple[torch.Tensor, ...]
 ) -> dict[str, Any]:
     x, y, held_x, held_y = data
-    trained = train_model(arch, widths, data)
+    info = description(arch, widths, x)
+    trained = train_model(info, data)
 
-    def base() -> nn.Sequential:
-        copy = build_model(arch, 64, 10, [1, 8, 8], widths)
+    def base() -> LeptonModel:
+        copy = build_model(info)
         copy.load_state_dict(trained.state_dict())
         return copy.eval()
 
-    info = {"arch": arch, "num_features": 64, "num_classes": 10, "input_shape": [1, 8, 8]}
-    builders = variant_builders(base, info, CompressionConfig(), held_x, (x, y))
+    settings = CompressionSettings()
+    builders = variant_builders(base, info, settings, [held_x], ([x], y), cross_entropy)
     rows = {
-        v: measure(build(), held_x, held_y)
-        for v, (build, _) in builders.items()
+        v: measure(build()[0], [held_x], held_y, CLASSIFICATION)
+        for v, build in builders.items()
         if v in ("fp32", "int8", "structured")
     }
     fp32, int8, structured = rows["fp32"], rows["int8"], rows["structured"]
@@ -107,7 +114,7 @@ def backend_comparison() -> None:
         print("int8 backends: torchao not installed (pip install torchao to compare)")
         return
     torch.manual_seed(0)
-    base = build_model("mlp", 64, 10, None, [2048, 2048]).eval()
+    base = build_model(description("mlp", [2048, 2048], torch.rand(10, 64))).eval()
     candidates: dict[str, nn.Module] = {
         "fp32": base,
         "torch.ao dynamic int8": quantize_dynamic_int8(copy.deepcopy(base)),
@@ -123,8 +130,8 @@ def backend_comparison() -> None:
     torch.set_num_threads(1)
     print("int8 backends, linear-heavy mlp, one thread (median ms):")
     for name, model in candidates.items():
-        b1 = statistics.median(latency_ms(model, torch.rand(1, 64), 200))
-        b256 = statistics.median(latency_ms(model, torch.rand(256, 64), 20))
+        b1 = statistics.median(latency_ms(model, [torch.rand(1, 64)], 200))
+        b256 = statistics.median(latency_ms(model, [torch.rand(256, 64)], 20))
         print(f"  {name:34s} batch 1 {b1:8.3f}   batch 256 {b256:8.3f}")
     torch.set_num_threads(threads)
 

@@ -23,9 +23,9 @@ import time
 import pandas as pd
 import polars as pl
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import read_landing_file
+from lepton_core.spec import DIGITS_SPEC
 from resources.expectations import ExpectationsResource, build_suite
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     )
 
     def ingest_polars() -> pl.DataFrame:
-        return pl.concat([read_landing_file(n, b, DIGITS_SPEC) for n, b in blobs.items()])
+        return pl.concat([read_landing_file(n, b, DIGITS_SPEC)[0] for n, b in blobs.items()])
 
     def ingest_pandas() -> pd.DataFrame:
         return pd.concat(

@@ -5,8 +5,10 @@
 CPU: samples/s of the same CNN on the same data (the digits, repeated to ``--rows`` rows
 with fresh ids) trained by a plain single-process loop, by the Horovod worker with np=1 and
 with np=2; prints Horovod's overhead (np=1 against the plain loop) and the scaling
-efficiency (np=2 against twice np=1). Each process gets its fair share of the cores, as
-the launcher gives it. The first epoch is warm-up and not counted.
+efficiency (np=2 against twice np=1). Then the same network given as a user's factory (a
+module outside the package, on ``code_path``) against the built-in one, both np=1. Each
+process gets its fair share of the cores, as the launcher gives it. The first epoch is
+warm-up and not counted.
 
 GPU (when CUDA is present): samples/s of the ResNet-style model on synthetic 3x32x32 data
 and the share of step time spent waiting for the next batch.
@@ -25,13 +27,31 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.demo import digits_frame
-from lepton_assets.models import build_model, set_standardization
-from lepton_assets.train_worker import tensors
-from lepton_assets.training import TrainingConfig, build_dataset, load_split
-from resources.artifact_store import ArtifactStore
+from lepton_assets.training import WORKER_MODULE, model_description
+from lepton_core.data import DatasetInfo, build_dataset, read_dataset_info
+from lepton_core.models import build_model, resnet
+from lepton_core.spec import DIGITS_SPEC, ModelRef, Project, TrainingSettings
+from lepton_core.store import ArtifactStore
+from lepton_core.train_worker import tensors
 from resources.horovod_launcher import HorovodLauncherResource
+
+BUILTIN_CNN = ModelRef(factory="lepton_core.models:cnn")
+# The built-in cnn written as a user would, in a module of their own.
+USER_CNN = """
+from torch import nn
+
+def build(info, widths=(32, 64, 128)):
+    c, h, w = info.numeric_shape
+    return nn.Sequential(
+        nn.Unflatten(1, (c, h, w)),
+        nn.Conv2d(c, widths[0], 3, padding=1), nn.ReLU(),
+        nn.Conv2d(widths[0], widths[1], 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(widths[1] * (h // 2) * (w // 2), widths[2]), nn.ReLU(),
+        nn.Linear(widths[2], info.num_outputs),
+    )
+"""
 
 
 def make_dataset(store: ArtifactStore, rows: int) -> str:
@@ -45,12 +65,15 @@ def make_dataset(store: ArtifactStore, rows: int) -> str:
     return version
 
 
-def plain_loop(store: ArtifactStore, version: str, config: TrainingConfig, epochs: int) -> float:
+def description(store: ArtifactStore, version: str, model: ModelRef, code_path: str | None):
+    project = Project(dataset=DIGITS_SPEC, model=model, code_path=code_path)
+    return model_description(project, read_dataset_info(store, version))
+
+
+def plain_loop(store: ArtifactStore, version: str, config: TrainingSettings, epochs: int) -> float:
     """The same training without Horovod: one process, all cores, samples/s after warm-up."""
-    info = store.read_json(f"datasets/{version}/dataset.json")
-    data = tensors(load_split(store, version, "train"), DIGITS_SPEC)
-    model = build_model("cnn", 64, 10, [1, 8, 8])
-    set_standardization(model, info["stats"]["mean"], info["stats"]["std"])
+    data = tensors(store, version, "train")
+    model = build_model(description(store, version, BUILTIN_CNN, None))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True)
     rates = []
@@ -67,13 +90,20 @@ def plain_loop(store: ArtifactStore, version: str, config: TrainingConfig, epoch
 
 
 def horovod_run(
-    store: ArtifactStore, version: str, config: TrainingConfig, epochs: int, processes: int
+    store: ArtifactStore,
+    version: str,
+    config: TrainingSettings,
+    epochs: int,
+    processes: int,
+    model: ModelRef = BUILTIN_CNN,
+    code_path: str | None = None,
 ) -> float:
     """samples/s of the real worker under horovodrun with ``processes`` ranks."""
-    prefix = f"bench/np{processes}"
+    prefix = f"bench/np{processes}-{model.factory.replace(':', '.')}"
     job = {
         **config.model_dump(),
-        "arch": "cnn",
+        "model_info": description(store, version, model, code_path),
+        "loss": None,
         "epochs": epochs,
         "patience": 0,
         "dataset_version": version,
@@ -84,7 +114,7 @@ def horovod_run(
     launcher = HorovodLauncherResource(num_processes=processes)
     with tempfile.TemporaryDirectory() as workdir:
         command = launcher.command(
-            "lepton_assets.train_worker",
+            WORKER_MODULE,
             ["--artifacts-uri", store.uri, "--job-key", f"{prefix}/job.json"],
             Path(workdir),
         )
@@ -113,7 +143,17 @@ def gpu_resnet(batch_size: int = 256, steps: int = 200) -> dict[str, float]:
         num_workers=4,
         persistent_workers=True,
     )
-    model = build_model("resnet", 3 * 32 * 32, 10, [3, 32, 32]).to(device)
+    info = DatasetInfo(
+        task="classification",
+        inputs=["numeric"],
+        num_numeric=3 * 32 * 32,
+        numeric_shape=[3, 32, 32],
+        categorical_cardinalities=[],
+        image_shape=None,
+        num_outputs=10,
+        classes=list(range(10)),
+    )
+    model = resnet(info).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     waited = total = 0.0
     seen, step = 0, 0
@@ -148,7 +188,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    config = TrainingConfig(batch_size=64)
+    config = TrainingSettings(batch_size=64)
     with tempfile.TemporaryDirectory() as tmp:
         store = ArtifactStore(f"file://{Path(tmp)}")
         version = make_dataset(store, args.rows)
@@ -160,12 +200,28 @@ def main() -> None:
         plain = plain_loop(store, version, config, args.epochs)
         one = horovod_run(store, version, config, args.epochs, 1)
         two = horovod_run(store, version, config, args.epochs, 2)
+        code = Path(tmp) / "user_code"
+        code.mkdir()
+        (code / "user_cnn.py").write_text(USER_CNN)
+        user = ModelRef(factory="user_cnn:build")
+        pairs = [  # alternated, so drift of the machine's load hits both alike
+            (
+                horovod_run(store, version, config, args.epochs, 1, user, str(code)),
+                horovod_run(store, version, config, args.epochs, 1),
+            )
+            for _ in range(3)
+        ]
+    user_rate = sorted(u for u, _ in pairs)[1]
+    builtin_rate = sorted(b for _, b in pairs)[1]
     results = {
         "plain_samples_per_s": round(plain, 1),
         "horovod_np1_samples_per_s": round(one, 1),
         "horovod_np2_samples_per_s": round(two, 1),
         "horovod_np1_vs_plain": round(one / plain, 3),
         "scaling_efficiency_np2": round(two / (2 * one), 3),
+        "user_factory_np1_samples_per_s": round(user_rate, 1),
+        "builtin_np1_samples_per_s": round(builtin_rate, 1),
+        "user_factory_vs_builtin": round(user_rate / builtin_rate, 3),
     }
     for key, value in results.items():
         print(f"  {key:28s} {value}")

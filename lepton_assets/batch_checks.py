@@ -1,7 +1,9 @@
 """Batch-level checks of a validated day: ids seen in other days, and drift.
 
 Drift is measured with the population stability index (PSI) against the current training
-dataset's train split: per feature over the reference's deciles, and over the label classes.
+dataset's train split: numeric features and a numeric target over the reference's deciles,
+classes and categories over their shares (unseen categories as one more share), images by
+their brightness.
 PSI below 0.1 is usually read as stable, above 0.25 as a real shift.
 """
 
@@ -10,8 +12,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lepton_assets.dataset_spec import DatasetSpec
-from resources.artifact_store import ArtifactStore
+from lepton_core.data import IMAGE_PIXELS
+from lepton_core.keys import current_key, dataset_info_key, split_key
+from lepton_core.spec import DatasetSpec
+from lepton_core.store import ArtifactStore
 
 EPSILON = 1e-4  # floor on a bin's share, so an empty bin does not make PSI infinite
 
@@ -32,21 +36,59 @@ def category_psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((p - q) * np.log(p / q)))
 
 
-def drift(spec: DatasetSpec, reference: pl.DataFrame, batch: pl.DataFrame) -> dict[str, Any]:
-    """Label PSI and each feature's PSI of ``batch`` against ``reference``."""
-    classes = spec.classes
+def shares(values: pl.Series, categories: list) -> np.ndarray:
+    """Each category's share of ``values``, plus one last share for everything else."""
+    counts = dict(values.value_counts().iter_rows())
+    known = [counts.get(c, 0) for c in categories]
+    return np.array([*known, len(values) - sum(known)]) / max(len(values), 1)
 
-    def shares(frame: pl.DataFrame) -> np.ndarray:
-        counts = frame[spec.label_column].value_counts()
-        by_class = dict(counts.iter_rows())
-        return np.array([by_class.get(c, 0) for c in classes]) / max(frame.height, 1)
 
+def image_brightness(frame: pl.DataFrame) -> np.ndarray:
+    """Mean pixel value of each image: the one-number summary whose drift is measured."""
+    return np.array([np.frombuffer(b, dtype=np.uint8).mean() for b in frame[IMAGE_PIXELS]])
+
+
+def drift(
+    spec: DatasetSpec, reference: pl.DataFrame, batch: pl.DataFrame, vocab: dict[str, list]
+) -> dict[str, Any]:
+    """PSI of ``batch`` against ``reference``: the target (class shares, or deciles of a
+    number), numeric features over their non-null values, categorical features over the
+    training vocabulary plus an unknown share, and images by brightness."""
+    label = spec.label_column
+    if spec.classes is not None:
+        label_psi = category_psi(
+            shares(reference[label], spec.classes), shares(batch[label], spec.classes)
+        )
+    else:
+        label_psi = psi(reference[label].to_numpy(), batch[label].to_numpy())
     features = {
-        c: round(psi(reference[c].to_numpy(), batch[c].to_numpy()), 4) for c in spec.feature_columns
+        c: psi(reference[c].drop_nulls().to_numpy(), batch[c].drop_nulls().to_numpy())
+        for c in spec.feature_columns
+        if reference[c].null_count() < reference.height and batch[c].null_count() < batch.height
     }
+    features |= {
+        c: category_psi(shares(reference[c], vocab[c]), shares(batch[c], vocab[c]))
+        for c in spec.categorical_columns
+    }
+    if spec.image is not None:
+        features[spec.image.column] = psi(image_brightness(reference), image_brightness(batch))
     return {
-        "label_psi": round(category_psi(shares(reference), shares(batch)), 4),
-        "feature_psi": features,
+        "label_psi": round(label_psi, 4),
+        "feature_psi": {c: round(v, 4) for c, v in features.items()},
+    }
+
+
+def unseen_categories(batch: pl.DataFrame, vocab: dict[str, list]) -> dict[str, int]:
+    """Per categorical column, how many of the batch's values the training vocabulary lacks
+    (they go to the unknown bucket)."""
+    return {
+        c: int(
+            (
+                batch[c].is_not_null()
+                & ~batch[c].is_in(pl.Series(values, dtype=pl.String).implode())
+            ).sum()
+        )
+        for c, values in vocab.items()
     }
 
 
@@ -84,9 +126,11 @@ def ids_in_other_days(
     return sorted(found)
 
 
-def reference_train_split(store: ArtifactStore) -> pl.DataFrame | None:
-    """The current training dataset's train split, the drift reference (None before one)."""
-    if not store.exists("current/training_dataset.json"):
+def drift_reference(store: ArtifactStore) -> tuple[pl.DataFrame, dict[str, list]] | None:
+    """The current training dataset's train split and categorical vocabularies: the drift
+    reference (None before a dataset exists)."""
+    if not store.exists(current_key("training_dataset")):
         return None
-    version = store.read_json("current/training_dataset.json")["version"]
-    return store.read_parquet(f"datasets/{version}/train.parquet")
+    version = store.read_json(current_key("training_dataset"))["version"]
+    vocab = store.read_json(dataset_info_key(version))["preprocessing"]["categorical"]
+    return store.read_parquet(split_key(version, "train")), vocab

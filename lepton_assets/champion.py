@@ -1,16 +1,17 @@
-"""The champion asset: promotes a blessed candidate (pointer logic in ``champion_pointer``)."""
+"""The champion asset: promotes a blessed candidate (pointer logic in ``lepton_core.registry``)."""
 
 import dagster as dg
 
-from lepton_assets.champion_pointer import (
+from lepton_assets.evaluation import BLESSED_CHECK, evaluation_report
+from lepton_core.evaluate import headline
+from lepton_core.keys import current_key
+from lepton_core.registry import (
     POINTER_KEY,
     champion_history,
     champion_lineage,
     promote,
     rollback,
 )
-from lepton_assets.evaluation import BLESSED_CHECK, evaluation_report
-from lepton_assets.training import current_key
 from resources.artifact_store import ArtifactStoreResource
 
 
@@ -39,7 +40,9 @@ def champion_model(
         store,
         {
             "model_prefix": ev["candidate_model"],
-            "test_accuracy": ev["candidate"]["accuracy"],
+            "task": ev["task"],
+            "metrics": headline(ev),
+            "dataset_version": ev["dataset_version"],
             "report": f"{report_prefix}/report.html",
         },
         context.run.run_id,
@@ -49,7 +52,7 @@ def champion_model(
         metadata={
             "model": record["model_prefix"],
             "previous": record["previous"] or "",
-            "test_accuracy": record["test_accuracy"],
+            **{f"test_{k}": v for k, v in record["metrics"].items()},
             "champions_in_force": len(champion_lineage(champion_history(store))),
             "pointer": dg.MetadataValue.path(store.url(POINTER_KEY)),
         }

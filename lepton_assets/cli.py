@@ -1,28 +1,43 @@
-"""The ``lepton`` command: seed the demo landing zone, run the whole lifecycle, open the UI.
+"""The ``lepton`` command: the lifecycle from a terminal, recorded in the same Dagster instance
+the UI shows.
 
-    lepton seed --days 7      write the digits demo into the landing zone
-    lepton demo --days 7      seed, then run ingest+validate per day and the training job
-    lepton rollback           point the champion back at the previous one
-    lepton predict --input in.parquet --output out.parquet
-                              predictions of the champion (loaded weights-only)
-    lepton ui                 dagster dev on this project, with the same embedded defaults
+    lepton run                 ingest + validate every landed day that is new or changed, then
+                               train, compress, evaluate and promote; ends with one JSON line
+    lepton ingest --day D      ingest + validate one day
+    lepton train               the training job on the validated days (dataset -> champion)
+    lepton status              the champion, the current dataset, the days, the latest runs
+    lepton seed --days 7       write the digits demo into the landing zone
+    lepton demo --days 7       seed, then run
+    lepton rollback            point the champion back at the previous one
+    lepton predict --input in.parquet --output out.parquet [--images DIR]
+    lepton ui                  dagster dev on this project, with the same embedded defaults
 
-Embedded defaults: ``LEPTON_HOME`` (default ``./.lepton``) holds the landing zone, the
-artifact store and ``DAGSTER_HOME`` (a SQLite instance), unless ``LEPTON_LANDING_URI``,
-``LEPTON_ARTIFACTS_URI`` or ``DAGSTER_HOME`` say otherwise.
+Every command takes ``--project lepton.yaml`` (else ``LEPTON_PROJECT``, ``LEPTON_DATASET`` or
+the digits demo). Embedded defaults: ``LEPTON_HOME`` (default ``./.lepton``) holds the landing
+zone, the artifact store and ``DAGSTER_HOME`` (a SQLite instance), unless
+``LEPTON_LANDING_URI``, ``LEPTON_ARTIFACTS_URI`` or ``DAGSTER_HOME`` say otherwise.
+
+A failure exits with status 1 and names the stage, the partition (and the file, when the
+error does) and the reason.
 """
 
 import argparse
+import json
 import os
+import re
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from lepton_assets.champion_pointer import current_champion
-from lepton_assets.demo import demo_dates, seed_landing
+from lepton_assets.demo import seed_landing
+from lepton_assets.partitions import daily_partitions_def
+from lepton_core.evaluate import headline
+from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
+from lepton_core.registry import current_champion
 from resources.artifact_store import ArtifactStoreResource, lepton_home
 from resources.landing_zone import LandingZoneResource
 
@@ -34,6 +49,22 @@ concurrency:
   pools:
     default_limit: 1
 """
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# INFO on the console: step logs and epoch metrics, without Dagster's DEBUG event stream.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+STAGES = {
+    "raw_batches": "ingestion",
+    "validated_batches": "validation",
+    "training_dataset": "dataset",
+    "trained_model": "training",
+    "compressed_model": "compression",
+    "evaluation_report": "evaluation",
+    "champion_model": "promotion",
+}
+
+
+class StageFailed(Exception):
+    """A job failed; the message names the stage, the partition and the reason."""
 
 
 def prepare_home() -> Path:
@@ -57,6 +88,150 @@ def yesterday() -> date:
     return datetime.now(UTC).date() - timedelta(days=1)
 
 
+def failure_reason(result: dg.ExecuteInProcessResult, partition: str | None) -> str:
+    """Stage, partition and reason of a failed run: the failed step's error, or the failed
+    blocking checks with their descriptions."""
+    where = f" partition {partition}" if partition else ""
+    checks = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    if checks:
+        check = checks[0]
+        stage = STAGES.get(check.asset_key.to_user_string(), "checks")
+        return f"{stage}{where}: check {check.check_name} failed: {check.description}"
+    for event in result.all_events:
+        if event.is_step_failure and event.step_key:
+            data: Any = event.event_specific_data
+            error = data.error if data else None
+            # Dagster wraps the step's own exception: report that one, by its class name.
+            while (
+                error is not None
+                and error.cause is not None
+                and "dagster" in error.cls_name.lower()
+            ):
+                error = error.cause
+            message = error.message.strip() if error is not None else "unknown error"
+            return f"{STAGES.get(event.step_key, event.step_key)}{where}: {message}"
+    return f"run {result.run_id}{where} failed"
+
+
+def execute(job_name: str, partition: str | None = None, run_config: dict | None = None):
+    from lepton_assets.definitions import defs
+
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        run_config={**QUIET, **(run_config or {})},
+        instance=dg.DagsterInstance.get(),
+        partition_key=partition,
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise StageFailed(failure_reason(result, partition))
+    return result
+
+
+def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
+    """Landed days (that are partitions already) whose files differ from what their last
+    ingestion read, by sha256; days never ingested included."""
+    store, artifacts = landing.get_store(), ArtifactStoreResource(uri=artifacts_uri).get_store()
+    existing = set(daily_partitions_def.get_partition_keys())
+    days = []
+    for day in (d for d in store.folders() if DAY.match(d) and d in existing):
+        hashes = {store.url(k): store.sha256(k) for k in landing.partition_files(day)}
+        key = raw_manifest_key(day)
+        if not artifacts.exists(key) or artifacts.read_json(key)["files"] != hashes:
+            days.append(day)
+    return days
+
+
+def ingest_day(day: str) -> None:
+    execute("ingest_job", partition=day)
+    store = ArtifactStoreResource().get_store()
+    manifest = store.read_json(validated_manifest_key(day))
+    print(f"ingest {day}: ok ({manifest['rows']} rows, {manifest['quarantined']} quarantined)")
+
+
+def train() -> dict[str, Any]:
+    """The training job; returns the summary the CLI prints as its last JSON line."""
+    result = execute("training_job")
+    store = ArtifactStoreResource().get_store()
+    report = store.read_json(current_key("evaluation_report"))["prefix"]
+    ev = store.read_json(f"{report}/evaluation.json")
+    champion = current_champion(store)
+    return {
+        "status": "promoted",
+        "run_id": result.run_id,
+        "champion": champion["model_prefix"] if champion else None,
+        "dataset_version": ev["dataset_version"],
+        "variant": ev["variant"],
+        "task": ev["task"],
+        "metrics": headline(ev),
+        "report": store.url(f"{report}/report.html"),
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    prepare_home()
+    landing = LandingZoneResource()
+    days = changed_days(landing, ArtifactStoreResource().resolved_uri())
+    print(f"{len(days)} new or changed days: {', '.join(days) or '-'}")
+    failures = []
+    for day in days:
+        try:
+            ingest_day(day)
+        except StageFailed as exc:
+            failures.append(str(exc))
+            print(f"ingest {day}: FAILED: {exc}", file=sys.stderr)
+    if failures:
+        raise StageFailed(
+            f"{len(failures)} of {len(days)} days failed; fix their files and run again "
+            f"(nothing is trained on a partial set). First: {failures[0]}"
+        )
+    store = ArtifactStoreResource().get_store()
+    if not days and current_champion(store) is not None and not args.retrain:
+        champion = current_champion(store) or {}
+        summary = {"status": "unchanged", "champion": champion.get("model_prefix")}
+        summary |= {"metrics": champion.get("metrics"), "report": champion.get("report")}
+    else:
+        summary = train()
+    print(f"champion {summary['champion']}: {summary['metrics']}; report {summary['report']}")
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    prepare_home()
+    ingest_day(args.day.isoformat())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    prepare_home()
+    print(json.dumps(train(), sort_keys=True))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    prepare_home()
+    store = ArtifactStoreResource().get_store()
+    instance = dg.DagsterInstance.get()
+    dataset = (
+        store.read_json(current_key("training_dataset"))
+        if store.exists(current_key("training_dataset"))
+        else None
+    )
+    runs = instance.get_runs(limit=5)
+    status = {
+        "champion": current_champion(store),
+        "training_dataset": dataset,
+        "days_to_ingest": changed_days(LandingZoneResource(), store.uri),
+        "latest_runs": [
+            {"job": r.job_name, "status": r.status.value, "run_id": r.run_id, **r.tags}
+            for r in runs
+        ],
+        "dagster_home": os.environ["DAGSTER_HOME"],
+    }
+    print(json.dumps(status, indent=2, sort_keys=True, default=str))
+    return 0
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     prepare_home()
     landing = LandingZoneResource().get_store()
@@ -69,41 +244,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lepton_assets.definitions import defs
-
     cmd_seed(args)
-    instance = dg.DagsterInstance.get()
-    # INFO on the console: step logs and epoch metrics, without Dagster's DEBUG event stream.
-    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    ingest = defs.resolve_job_def("ingest_job")
-    for day in demo_dates(args.days, args.end):
-        result = ingest.execute_in_process(
-            run_config=quiet, instance=instance, partition_key=day.isoformat()
-        )
-        print(f"ingest_job {day}: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
-    result = defs.resolve_job_def("training_job").execute_in_process(
-        run_config=quiet, instance=instance
-    )
-    print(f"training_job: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
-    store = ArtifactStoreResource().get_store()
-    report = store.read_json("current/evaluation_report.json")["prefix"]
-    ev = store.read_json(f"{report}/evaluation.json")
-    print(
-        f"test accuracy: {ev['candidate']['accuracy']:.4f} ({ev['variant']}, "
-        f"{'blessed' if ev['blessed'] else 'not blessed'})"
-    )
-    print(f"evaluation report: {store.url(report + '/report.html')}")
+    code = cmd_run(args)
     print(f"Dagster home: {os.environ['DAGSTER_HOME']} (open it with: lepton ui)")
-    return 0
+    return code
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from lepton_assets.definitions import defs
-
     prepare_home()
-    result = defs.resolve_job_def("rollback_job").execute_in_process(
-        instance=dg.DagsterInstance.get()
-    )
+    result = execute("rollback_job")
     champion = current_champion(ArtifactStoreResource().get_store())
     print(
         f"rollback_job: ok (run {result.run_id}); champion is now "
@@ -113,10 +262,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lepton_assets.predict import predict_frame
+    from lepton_core.predict import predict_frame
 
     store = ArtifactStoreResource().get_store()
-    predictions, model = predict_frame(store, pl.read_parquet(args.input))
+    frame = pl.read_parquet(args.input)
+    key = os.environ.get("LEPTON_PII_KEY")
+    predictions, model = predict_frame(store, frame, args.images, key)
     predictions.write_parquet(args.output)
     print(f"{predictions.height} predictions by {model} -> {args.output}")
     return 0
@@ -128,16 +279,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execvp(command[0], command)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lepton", description="Seed, run and watch the Lepton ML lifecycle."
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--project", type=Path, help="project file (lepton.yaml); default $LEPTON_PROJECT"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(
+        prog="lepton", description="Run and watch the Lepton ML lifecycle."
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Any, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
     for name, func, text in (
-        ("seed", cmd_seed, "write the demo landing files"),
-        ("demo", cmd_demo, "seed and run the whole lifecycle"),
+        ("run", cmd_run, "ingest new or changed days, then train, compress, evaluate, promote"),
+        ("demo", cmd_demo, "seed the digits demo, then run"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = command(name, func, text)
+        p.add_argument("--retrain", action="store_true", help="train even with no new day")
+    for p in (command("seed", cmd_seed, "write the demo landing files"), sub.choices["demo"]):
         p.add_argument("--days", type=int, default=7, help="number of daily partitions")
         p.add_argument(
             "--end",
@@ -145,18 +308,32 @@ def main(argv: list[str] | None = None) -> int:
             default=yesterday(),
             help="last day (YYYY-MM-DD); default yesterday (UTC)",
         )
-        p.set_defaults(func=func)
-    rollback = sub.add_parser("rollback", help="point the champion back at the previous one")
-    rollback.set_defaults(func=cmd_rollback)
-    predict = sub.add_parser("predict", help="predict with the champion model")
+    ingest = command("ingest", cmd_ingest, "ingest and validate one day")
+    ingest.add_argument("--day", type=date.fromisoformat, required=True, help="YYYY-MM-DD")
+    command("train", cmd_train, "train, compress, evaluate and promote")
+    command("status", cmd_status, "champion, dataset, days to ingest, latest runs")
+    command("rollback", cmd_rollback, "point the champion back at the previous one")
+    predict = command("predict", cmd_predict, "predict with the champion model")
     predict.add_argument("--input", required=True, help="Parquet file with the feature columns")
     predict.add_argument("--output", required=True, help="Parquet file to write")
-    predict.set_defaults(func=cmd_predict)
-    ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this project")
+    predict.add_argument("--images", type=Path, help="folder the image paths are relative to")
+    ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
-    ui.set_defaults(func=cmd_ui)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.project is not None:
+        if not args.project.is_file():
+            print(f"lepton: project file {args.project} not found", file=sys.stderr)
+            return 2
+        os.environ["LEPTON_PROJECT"] = str(args.project.resolve())
+    try:
+        return args.func(args)
+    except (StageFailed, ValueError) as exc:
+        print(f"lepton {args.command}: FAILED: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

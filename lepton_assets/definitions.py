@@ -14,10 +14,10 @@ from lepton_assets.training import trained_model, training_dataset
 from lepton_assets.validation import validated_batches
 from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
-from resources.dataset import DatasetResource
 from resources.expectations import ExpectationsResource
 from resources.horovod_launcher import HorovodLauncherResource
 from resources.landing_zone import LandingZoneResource
+from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import ingest_job, rollback_job, training_job
 from schedules.schedules import nightly_ingest_schedule
@@ -32,7 +32,7 @@ evaluation_assets = [evaluation_report, champion_model]
 resources = {
     "artifacts": ArtifactStoreResource(),
     "landing": LandingZoneResource(),
-    "dataset": DatasetResource(),
+    "project": ProjectResource(),
     "expectations": ExpectationsResource(),
     "horovod": HorovodLauncherResource(),
     "retraining": RetrainingPolicyResource(),

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 from sklearn.datasets import load_digits
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
-from resources.artifact_store import ArtifactStore
+from lepton_core.spec import DIGITS_SPEC
+from lepton_core.store import ArtifactStore
 
 
 def digits_frame() -> pl.DataFrame:

@@ -14,20 +14,15 @@ import polars as pl
 
 from lepton_assets.batch_checks import (
     drift,
+    drift_reference,
     drift_verdict,
     ids_in_other_days,
-    reference_train_split,
+    unseen_categories,
 )
-from lepton_assets.ingestion import (
-    PARSE_ERRORS,
-    SOURCE_FILE,
-    SOURCE_ROW,
-    raw_batches,
-    raw_key,
-)
+from lepton_assets.ingestion import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW, raw_batches
 from lepton_assets.partitions import daily_partitions_def
+from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
 from resources.artifact_store import ArtifactStoreResource
-from resources.dataset import DatasetResource
 from resources.expectations import (
     ExpectationsResource,
     build_suite,
@@ -35,19 +30,12 @@ from resources.expectations import (
     row_failures,
     table_failures,
 )
+from resources.project import ProjectResource
 
 FAILED_RULES = "_failed_rules"
 SUITE_CHECK = "expectation_suite"
 UNIQUE_CHECK = "unique_ids_across_days"
 DRIFT_CHECK = "drift"
-
-
-def validated_key(partition_key: str) -> str:
-    return f"validated/{partition_key}.parquet"
-
-
-def validated_manifest_key(partition_key: str) -> str:
-    return f"validated/{partition_key}.json"
 
 
 def split_by_failures(
@@ -101,7 +89,7 @@ def split_by_failures(
 def validated_batches(
     context: dg.AssetExecutionContext,
     artifacts: ArtifactStoreResource,
-    dataset: DatasetResource,
+    project: ProjectResource,
     expectations: ExpectationsResource,
 ) -> dg.MaterializeResult:
     """The day's samples that pass every row rule of the Great Expectations suite.
@@ -111,7 +99,7 @@ def validated_batches(
     lost. The blocking check fails the partition when the schema is wrong or too many rows
     were quarantined.
     """
-    spec = dataset.get_spec()
+    spec = project.get_spec()
     store = artifacts.get_store()
     day = context.partition_key
     raw = store.read_parquet(raw_key(day))
@@ -122,7 +110,7 @@ def validated_batches(
 
     digest = store.write_parquet(validated_key(day), clean)
     # Written even when empty, so a rerun after a fix replaces the earlier quarantine.
-    store.write_parquet(f"quarantine/{day}.parquet", rejected)
+    store.write_parquet(quarantine_key(day), rejected)
     # The GX result, the suite it ran and GX's Data Docs page, side by side.
     store.write_json(f"validation/{day}.json", result.to_json_dict())
     store.write_json(f"validation/{day}.suite.json", suite.to_json_dict())
@@ -131,9 +119,16 @@ def validated_batches(
     fraction = rejected.height / raw.height if raw.height else 0.0
     passed = not batch_failures and fraction <= spec.quarantine_threshold
     repeated = ids_in_other_days(store, spec, day, clean[spec.id_column])
-    reference = reference_train_split(store)
-    measured = drift(spec, reference, clean) if reference is not None and clean.height else None
+    reference = drift_reference(store)
+    measured = (
+        drift(spec, reference[0], clean, reference[1])
+        if reference is not None and clean.height
+        else None
+    )
     drifted = drift_verdict(spec, measured) if measured else []
+    unseen = unseen_categories(clean, reference[1]) if reference is not None else {}
+    if any(unseen.values()):
+        context.log.info(f"{day}: values outside the training vocabulary (unknown): {unseen}")
     broken = dict(Counter(rule for rules in rejected[FAILED_RULES] for rule in rules).most_common())
     store.write_json(
         validated_manifest_key(day),
@@ -152,8 +147,10 @@ def validated_batches(
             f"{day}: quarantined {rejected.height} of {raw.height} rows; first: "
             f"{first[SOURCE_FILE]} line {first[SOURCE_ROW]} broke {first[FAILED_RULES]}"
         )
+    files = dict(Counter(rejected[SOURCE_FILE].to_list()).most_common())
     check_metadata = {
         "quarantined_fraction": round(fraction, 4),
+        "files_with_quarantined_rows": dg.MetadataValue.json(files),
         "threshold": spec.quarantine_threshold,
         "evaluated_expectations": len(result.results),
         "failed_batch_rules": dg.MetadataValue.json(batch_failures),
@@ -164,7 +161,8 @@ def validated_batches(
             "rows": clean.height,
             "quarantined_rows": rejected.height,
             "path": dg.MetadataValue.path(store.url(validated_key(day))),
-            "quarantine": dg.MetadataValue.path(store.url(f"quarantine/{day}.parquet")),
+            "quarantine": dg.MetadataValue.path(store.url(quarantine_key(day))),
+            "unseen_categories": dg.MetadataValue.json(unseen),
             "validation_result": dg.MetadataValue.path(store.url(f"validation/{day}.json")),
             "data_docs": dg.MetadataValue.url(store.url(f"validation/{day}.html")),
             "sha256": digest,
@@ -181,7 +179,8 @@ def validated_batches(
                     f"batch rules failed: {batch_failures}"
                     if batch_failures
                     else f"{fraction:.1%} of rows quarantined > threshold "
-                    f"{spec.quarantine_threshold:.1%}"
+                    f"{spec.quarantine_threshold:.1%}; rows per rule "
+                    f"{dict(list(broken.items())[:3])}; files {list(files)[:3]}"
                 ),
             ),
             dg.AssetCheckResult(

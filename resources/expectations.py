@@ -4,15 +4,19 @@ GX is called directly (``dagster-ge`` still requires GX < 1.0). Results are GX's
 ``ExpectationSuiteValidationResult`` objects, stored as JSON next to each batch.
 """
 
+import html
 import json
 from collections import defaultdict
 from copy import copy
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dagster as dg
 import great_expectations as gx
 import polars as pl
 from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+from great_expectations.core.expectation_validation_result import (
+    ExpectationSuiteValidationResultSchema,
+)
 from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
@@ -23,23 +27,29 @@ from great_expectations.render.renderer import ValidationResultsPageRenderer
 from great_expectations.render.view import DefaultJinjaPageView
 from pydantic import Field
 
-from lepton_assets.dataset_spec import DatasetSpec
+from lepton_core.spec import DatasetSpec
 from resources import polars_engine
 
 
 def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
-    """The spec's expectations: schema, ids not null and unique, label set, features not
-    null and within their ranges, then the spec's extra expectations."""
+    """The spec's expectations: schema; ids not null and unique; the target present (and in
+    the class set for classification); features not null unless nullable, numeric ones
+    within their ranges; image paths present (decoding is checked at ingestion); then the
+    spec's extra expectations."""
     ex = gx.expectations
     expectations: list[Any] = [
         ex.ExpectTableColumnsToMatchSet(column_set=spec.columns, exact_match=True),
         ex.ExpectColumnValuesToNotBeNull(column=spec.id_column),
         ex.ExpectColumnValuesToBeUnique(column=spec.id_column),
         ex.ExpectColumnValuesToNotBeNull(column=spec.label_column),
-        ex.ExpectColumnValuesToBeInSet(column=spec.label_column, value_set=list(spec.classes)),
     ]
+    if spec.classes is not None:
+        expectations.append(
+            ex.ExpectColumnValuesToBeInSet(column=spec.label_column, value_set=list(spec.classes))
+        )
+    required = [c for c in spec.columns[2:] if c not in spec.nullable_columns]
+    expectations += [ex.ExpectColumnValuesToNotBeNull(column=c) for c in required]
     for column in spec.feature_columns:
-        expectations.append(ex.ExpectColumnValuesToNotBeNull(column=column))
         low, high = spec.feature_range(column)
         if low is not None or high is not None:
             expectations.append(
@@ -50,9 +60,27 @@ def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(name=f"{spec.name}_suite", expectations=expectations)
 
 
+def escaped(value: Any) -> Any:
+    """Every string in a JSON-like value, HTML-escaped (keys are GX's own names)."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, list):
+        return [escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: escaped(v) for k, v in value.items()}
+    return value
+
+
 def data_docs_html(result: ExpectationSuiteValidationResult) -> str:
-    """GX's Data Docs page for one validation result, rendered by GX's own renderer."""
-    document = ValidationResultsPageRenderer().render(result)
+    """GX's Data Docs page for one validation result, rendered by GX's own renderer.
+
+    GX's templates put observed values (unexpected ids, strings from the data, value sets
+    from the spec) into the page as they are, so a landed ``<script>`` would run in the
+    reader's browser. The page is rendered from a copy of the result whose every string is
+    escaped; the stored JSON result keeps the values as they were."""
+    loaded = ExpectationSuiteValidationResultSchema().load(escaped(result.to_json_dict()))
+    safe = cast(ExpectationSuiteValidationResult, loaded)
+    document = ValidationResultsPageRenderer().render(safe)
     return DefaultJinjaPageView().render(document)
 
 

@@ -10,7 +10,8 @@ import re
 import dagster as dg
 from pydantic import Field
 
-from resources.artifact_store import ArtifactStore, lepton_home, setting
+from lepton_core.store import ArtifactStore
+from resources.artifact_store import lepton_home, setting
 
 LANDING_SUFFIXES = (".parquet", ".csv", ".csv.gz")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")

@@ -1,16 +1,39 @@
 import os
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.demo import digits_frame, seed_landing
-from lepton_assets.training import build_dataset, current_key
-from resources.artifact_store import ArtifactStore
+from lepton_core.data import build_dataset, dataset_description
+from lepton_core.keys import current_key
+from lepton_core.spec import DIGITS_SPEC
+from lepton_core.store import ArtifactStore
 
 DEMO_END = date(2026, 1, 7)
+
+
+def digits_model_info(arch: str = "cnn", **kwargs: Any) -> dict[str, Any]:
+    """The description of a built-in digits model (identity preprocessing), as saved."""
+    columns = DIGITS_SPEC.feature_columns
+    preprocessing = {
+        "numeric": {"columns": columns, "fill": [0.0] * 64, "mean": [0.0] * 64, "std": [1.0] * 64},
+        "categorical": {},
+    }
+    return {
+        "factory": f"lepton_core.models:{arch}",
+        "kwargs": kwargs,
+        "code_path": None,
+        "loss": None,
+        "dataset_version": "v",
+        "dataset_info": dataset_description(DIGITS_SPEC, preprocessing).model_dump(),
+        "spec": DIGITS_SPEC.model_dump(),
+        "preprocessing": preprocessing,
+        "variant": "fp32",
+        "dtype": "float32",
+    }
 
 
 @pytest.fixture

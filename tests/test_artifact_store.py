@@ -4,13 +4,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lepton_assets.champion_pointer import (
+from lepton_core.registry import (
     POINTER_KEY,
     champion_history,
     current_champion,
     promote,
 )
-from resources.artifact_store import ArtifactStore, sha256_bytes
+from lepton_core.store import ArtifactStore, sha256_bytes
 
 
 @pytest.mark.parametrize("key", ["../x", "/etc/passwd", "a/../b", "a//b", "", "a\\b", "./a"])

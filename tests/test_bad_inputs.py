@@ -6,18 +6,19 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import dagster as dg
 import polars as pl
 import pytest
 import yaml
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.definitions import resources
 from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.validation import validated_batches
-from resources.artifact_store import ArtifactStore
+from lepton_core.spec import DIGITS_SPEC
+from lepton_core.store import ArtifactStore
 
 from .conftest import tree_bytes
 
@@ -91,6 +92,35 @@ CASES: dict[str, Callable[[], Case]] = {
     "non-utf-8 bytes": lambda: (
         {"a.csv": csv(GOOD).replace(b"digits-0001", b"digits-\xff\xfe01")},
         ("IngestionError", f"{DAY}/a.csv: unreadable"),
+    ),
+    # Integrity at ingestion: nothing is truncated, coerced or dropped in silence.
+    "a label that is not integral (parquet)": lambda: (
+        {"a.parquet": parquet(with_values("label", {3: 3.5}, pl.Float64))},
+        {"digits-0003": ["not_integral(label)", "expect_column_values_to_not_be_null(label)"]},
+    ),
+    "a label that is not integral (csv)": lambda: (
+        {"a.csv": csv(with_values("label", {3: "3.5"}, pl.String))},
+        {"digits-0003": ["not_integral(label)", "expect_column_values_to_not_be_null(label)"]},
+    ),
+    "empty and blank ids": lambda: (
+        {"a.parquet": parquet(with_values("sample_id", {4: "", 5: "  "}, pl.String))},
+        {"": ["empty(sample_id)"], "  ": ["empty(sample_id)"]},
+    ),
+    "a column the spec does not name": lambda: (
+        {"a.csv": csv(GOOD.with_columns(pl.lit("x").alias("note")))},
+        ("IngestionError", f"{DAY}/a.csv: columns the spec does not name: ['note']"),
+    ),
+    "a semicolon-delimited csv": lambda: (
+        {"a.csv": csv(GOOD).replace(b",", b";")},
+        ("IngestionError", f"{DAY}/a.csv: parsed into one column"),
+    ),
+    "whitespace around numbers (trimmed)": lambda: (
+        {"a.csv": csv(with_values("pixel_02", {1: " 3 ", 2: "\t4"}, pl.String))},
+        {},
+    ),
+    "the same bytes under two names": lambda: (
+        {"a.parquet": parquet(GOOD), "copy.parquet": parquet(GOOD)},
+        {},
     ),
     "a file named with ..": lambda: (
         {"evil..csv": csv(GOOD)},
@@ -179,3 +209,49 @@ def test_unreadable_files_can_be_quarantined_whole(
     [rejected] = artifacts.read_json(f"quarantine/{DAY}/files.json")
     assert rejected["file"].endswith(f"{DAY}/b.parquet") and "unreadable" in rejected["reason"]
     assert artifacts.read_parquet(f"validated/{DAY}.parquet").height == GOOD.height
+
+
+def spec_file(tmp_path: Path, **changes: object) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**DIGITS_SPEC.model_dump(), **changes}))
+    return str(path)
+
+
+def test_ignored_columns_and_duplicate_files_are_listed_in_metadata(
+    tmp_path: Path,
+    landing: ArtifactStore,
+    artifacts: ArtifactStore,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("LEPTON_DATASET", spec_file(tmp_path, extra_columns="ignore"))
+    frame = with_values("pixel_02", {1: " 3 "}, pl.String)
+    data = csv(frame.with_columns(pl.lit("x").alias("note")))
+    landing.write_bytes(f"{DAY}/a.csv", data)
+    landing.write_bytes(f"{DAY}/b.csv", data)
+    result = run(instance)
+    assert result.success
+    metadata = result.asset_materializations_for_node("raw_batches")[0].metadata
+    [source] = cast(list[dict[str, Any]], metadata["source_files"].value)
+    assert source["file"].endswith("a.csv") and source["ignored_columns"] == ["note"]
+    [duplicate] = cast(list[dict[str, Any]], metadata["duplicate_files"].value)
+    assert duplicate["file"].endswith("b.csv") and duplicate["same_content_as"] == source["file"]
+    validated = artifacts.read_parquet(f"validated/{DAY}.parquet")
+    assert validated.height == GOOD.height and "note" not in validated.columns
+    assert validated["pixel_02"][1] == 3.0
+
+
+def test_whitespace_is_kept_when_the_spec_says_so(
+    tmp_path: Path,
+    landing: ArtifactStore,
+    artifacts: ArtifactStore,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("LEPTON_DATASET", spec_file(tmp_path, trim_whitespace=False))
+    landing.write_bytes(f"{DAY}/a.csv", csv(with_values("pixel_02", {1: " 3 "}, pl.String)))
+    assert run(instance).success
+    quarantine = artifacts.read_parquet(f"quarantine/{DAY}.parquet")
+    assert quarantine["_failed_rules"].to_list() == [
+        ["parse(pixel_02: Float64)", "expect_column_values_to_not_be_null(pixel_02)"]
+    ]

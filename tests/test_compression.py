@@ -6,81 +6,104 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from torch import nn
 
-from lepton_assets.champion_pointer import (
+from lepton_core.compress import (
+    Unsupported,
+    choose_variant,
+    int8_kind,
+    parameter_count,
+    prunable,
+    variant_builders,
+    weight_sparsity,
+)
+from lepton_core.evaluate import bless, expected_calibration_error, regression_metrics
+from lepton_core.models import LeptonModel, build_model, load_model, predict_outputs, save_model
+from lepton_core.predict import predict_frame
+from lepton_core.registry import (
     champion_history,
     champion_lineage,
     current_champion,
     promote,
     rollback,
 )
-from lepton_assets.compression import (
-    CompressionConfig,
-    choose_variant,
-    parameter_count,
-    prunable,
-    variant_builders,
-    weight_sparsity,
-)
-from lepton_assets.evaluation import EvaluationConfig, bless, expected_calibration_error
-from lepton_assets.models import build_model, load_model, predict_logits, save_model
-from lepton_assets.predict import predict_frame
-from resources.artifact_store import ArtifactStore
+from lepton_core.spec import CompressionSettings, EvaluationSettings
+from lepton_core.store import ArtifactStore
+from lepton_core.tasks import cross_entropy
 
-
-def info_for(arch: str) -> dict[str, Any]:
-    return {
-        "arch": arch,
-        "num_features": 64,
-        "num_classes": 10,
-        "classes": list(range(10)),
-        "input_shape": [1, 8, 8],
-        "feature_columns": [f"pixel_{i:02d}" for i in range(64)],
-        "dataset_version": "v",
-        "variant": "fp32",
-        "dtype": "float32",
-    }
+from .conftest import digits_model_info
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_every_variant_saves_loads_and_predicts(tmp_path, arch: str):
     store = ArtifactStore(f"file://{tmp_path}")
     torch.manual_seed(0)
-    reference = build_model(arch, 64, 10, [1, 8, 8]).eval()
+    info = digits_model_info(arch)
+    reference = build_model(info).eval()
     features, labels = torch.rand(300, 64), torch.randint(0, 10, (300,))
-    config = CompressionConfig(sparsity=0.6, structured_amount=0.5, finetune_epochs=1)
+    settings = CompressionSettings(sparsity=0.6, structured_amount=0.5, finetune_epochs=1)
 
-    def base():
-        model = build_model(arch, 64, 10, [1, 8, 8])
+    def base() -> LeptonModel:
+        model = build_model(info)
         model.load_state_dict(reference.state_dict())
         return model.eval()
 
-    builders = variant_builders(base, info_for(arch), config, features, (features, labels))
+    builders = variant_builders(
+        base, info, settings, [features], ([features], labels), cross_entropy
+    )
     assert set(builders) == {"fp32", "fp16", "bf16", "pruned", "int8", "structured"}
-    for variant, (build, extra) in builders.items():
-        model = build()
+    for variant, build in builders.items():
+        model, extra = build()
         if variant == "structured":
-            extra = {"widths": [m.weight.shape[0] for m in prunable(model)[:-1]]}
             assert parameter_count(model) < parameter_count(reference) / 2
         if variant == "pruned":
             assert weight_sparsity(model) == pytest.approx(0.6, abs=0.005)
-        save_model(store, variant, model, {**info_for(arch), **extra, "variant": variant})
+        if variant == "int8":
+            assert extra["quantization"] == ("int8_static" if arch == "cnn" else "int8_dynamic")
+        save_model(store, variant, model, {**info, **extra, "variant": variant})
         loaded, _ = load_model(store, variant)
-        out = predict_logits(loaded, features[:7])
+        out = predict_outputs(loaded, [features[:7]])
         assert out.shape == (7, 10) and torch.isfinite(out).all(), variant
-        assert torch.allclose(out, predict_logits(model, features[:7])), variant
+        assert torch.allclose(out, predict_outputs(model, [features[:7]])), variant
 
 
-def test_structured_pruning_is_refused_for_residual_nets():
-    info = {**info_for("resnet"), "input_shape": [3, 32, 32], "num_features": 3072}
+def test_structured_pruning_is_skipped_with_its_reason_for_other_factories():
+    info = digits_model_info("cnn")
+    info["factory"] = "lepton_core.models:resnet"
+    info["dataset_info"]["numeric_shape"] = [1, 8, 8]
     builders = variant_builders(
-        lambda: build_model("resnet", 3072, 10, [3, 32, 32]),
+        lambda: build_model(info),
         info,
-        CompressionConfig(),
-        torch.rand(4, 3072),
-        (torch.rand(4, 3072), torch.zeros(4, dtype=torch.long)),
+        CompressionSettings(),
+        [torch.rand(4, 64)],
+        ([torch.rand(4, 64)], torch.zeros(4, dtype=torch.long)),
+        cross_entropy,
     )
-    assert "structured" not in builders
+    with pytest.raises(Unsupported, match="only lepton_core.models:mlp, lepton_core.models:cnn"):
+        builders["structured"]()
+
+
+class Untraceable(nn.Module):
+    """A conv body with data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            x = x * 2
+        return self.conv(x.reshape(-1, 1, 8, 8)).flatten(1)[:, :10]
+
+
+def test_int8_is_static_only_for_a_traceable_conv_body():
+    info = digits_model_info("cnn")
+    assert int8_kind(build_model(info)) == "int8_static"
+    assert int8_kind(build_model(digits_model_info("mlp"))) == "int8_dynamic"
+    untraceable = LeptonModel(Untraceable(), build_model(info).info)
+    with pytest.raises(Unsupported, match="cannot be traced by torch.fx"):
+        int8_kind(untraceable)
+    assert prunable(untraceable.body)  # pruning still applies to it
 
 
 def test_selection_picks_the_best_variant_within_the_accuracy_drop():
@@ -94,10 +117,26 @@ def test_selection_picks_the_best_variant_within_the_accuracy_drop():
             "latency_b1_p50_ms": 0.4,
         },
     ]
-    assert choose_variant(rows, 1.0, "size")["variant"] == "int8"
-    assert choose_variant(rows, 2.5, "size")["variant"] == "structured"
-    assert choose_variant(rows, 1.0, "latency")["variant"] == "fp32"
-    assert choose_variant(rows, 0.0, "size")["variant"] == "fp32"
+
+    def choose(drop: float, objective: str) -> str:
+        settings = CompressionSettings(max_accuracy_drop=drop, objective=objective)  # type: ignore[arg-type]
+        return choose_variant(rows, settings)["variant"]
+
+    assert choose(1.0, "size") == "int8"
+    assert choose(2.5, "size") == "structured"
+    assert choose(1.0, "latency") == "fp32"
+    assert choose(0.0, "size") == "fp32"
+
+
+def test_selection_for_regression_allows_a_relative_rmse_increase():
+    rows = [
+        {"variant": "fp32", "val_rmse": 1.0, "size_gzip_bytes": 100, "latency_b1_p50_ms": 1.0},
+        {"variant": "int8", "val_rmse": 1.015, "size_gzip_bytes": 30, "latency_b1_p50_ms": 1.2},
+        {"variant": "pruned", "val_rmse": 1.05, "size_gzip_bytes": 20, "latency_b1_p50_ms": 1.0},
+    ]
+    assert choose_variant(rows, CompressionSettings())["variant"] == "int8"
+    loose = CompressionSettings(max_rmse_increase=0.1)
+    assert choose_variant(rows, loose)["variant"] == "pruned"
 
 
 def metrics(accuracy: float, f1s: list[float]) -> dict[str, Any]:
@@ -105,18 +144,35 @@ def metrics(accuracy: float, f1s: list[float]) -> dict[str, Any]:
 
 
 def test_blessing_rules():
-    config = EvaluationConfig(min_accuracy=0.9, max_regression=0.005, max_class_regression=0.05)
+    config = EvaluationSettings(min_accuracy=0.9, max_regression=0.005, max_class_regression=0.05)
     champion = metrics(0.95, [0.95, 0.95])
-    assert bless(metrics(0.96, [0.96, 0.96]), champion, config) == []
-    assert bless(metrics(0.96, [0.96, 0.96]), None, config) == []
-    assert bless(metrics(0.85, [0.9, 0.8]), None, config) == [
+    task = "classification"
+    assert bless(task, metrics(0.96, [0.96, 0.96]), champion, config) == []
+    assert bless(task, metrics(0.96, [0.96, 0.96]), None, config) == []
+    assert bless(task, metrics(0.85, [0.9, 0.8]), None, config) == [
         "test accuracy 0.8500 is below the floor 0.9000"
     ]
-    assert bless(metrics(0.94, [0.95, 0.93]), champion, config) == [
+    assert bless(task, metrics(0.94, [0.95, 0.93]), champion, config) == [
         "test accuracy 0.9400 is more than 0.0050 below the champion's 0.9500"
     ]
-    assert bless(metrics(0.96, [0.99, 0.89]), champion, config) == [
+    assert bless(task, metrics(0.96, [0.99, 0.89]), champion, config) == [
         "class 1: F1 0.8900 is more than 0.0500 below the champion's 0.9500"
+    ]
+
+
+def test_regression_metrics_and_blessing_rules():
+    truth = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    scores = regression_metrics(torch.tensor([[1.5], [2.0], [2.5], [4.0]]), truth)
+    assert scores == {"rmse": 0.35355, "mae": 0.25, "r2": 0.9}
+    config = EvaluationSettings(min_r2=0.5, max_rmse=1.0, max_rmse_regression=0.05)
+    assert bless("regression", scores, None, config) == []
+    assert bless("regression", {"rmse": 2.0, "mae": 2.0, "r2": 0.2}, None, config) == [
+        "test R² 0.2 is below the floor 0.5000",
+        "test RMSE 2.0000 is above the ceiling 1.0000",
+    ]
+    champion = {"rmse": 0.3, "mae": 0.2, "r2": 0.95}
+    assert bless("regression", scores, champion, config) == [
+        "test RMSE 0.3535 is more than 5.0% above the champion's 0.3000"
     ]
 
 
@@ -148,8 +204,8 @@ def test_rollback_restores_the_previous_champion_and_history_only_grows(tmp_path
 
 def test_predict_uses_the_champion_and_names_missing_columns(tmp_path):
     store = ArtifactStore(f"file://{tmp_path}")
-    model = build_model("cnn", 64, 10, [1, 8, 8]).eval()
-    save_model(store, "m/one", model, info_for("cnn"))
+    info = digits_model_info("cnn")
+    save_model(store, "m/one", build_model(info).eval(), info)
     promote(store, {"model_prefix": "m/one"}, "run-1")
     frame = pl.DataFrame(
         {"sample_id": ["a", "b"], **{f"pixel_{i:02d}": [1.0, 2.0] for i in range(64)}}

@@ -17,7 +17,7 @@ import pytest
 
 from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
 from lepton_assets.demo import seed_landing
-from resources.artifact_store import ArtifactStore
+from lepton_core.store import ArtifactStore
 
 from .test_s3 import free_port
 

@@ -6,18 +6,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.definitions import defs
-from lepton_assets.ingestion import IngestionError, raw_batches, raw_key
-from lepton_assets.training import build_dataset, current_key
-from lepton_assets.validation import (
-    DRIFT_CHECK,
-    SUITE_CHECK,
-    UNIQUE_CHECK,
-    validated_batches,
-    validated_key,
-)
-from resources.artifact_store import ArtifactStore
+from lepton_assets.ingestion import IngestionError, raw_batches
+from lepton_assets.validation import DRIFT_CHECK, SUITE_CHECK, UNIQUE_CHECK, validated_batches
+from lepton_core.data import build_dataset
+from lepton_core.keys import current_key, raw_key, validated_key
+from lepton_core.spec import DIGITS_SPEC
+from lepton_core.store import ArtifactStore
 
 from .conftest import tree_bytes
 
@@ -135,8 +130,8 @@ def test_a_day_without_landing_files_fails_naming_the_uri_and_date(seeded, insta
 
 
 def test_an_unreadable_file_names_the_file(seeded):
-    from lepton_assets.dataset_spec import DIGITS_SPEC
     from lepton_assets.ingestion import read_landing_file
+    from lepton_core.spec import DIGITS_SPEC
 
     with pytest.raises(IngestionError, match=r"2026-01-01/broken.parquet: unreadable"):
         read_landing_file("2026-01-01/broken.parquet", b"PAR1 not really", DIGITS_SPEC)

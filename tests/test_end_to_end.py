@@ -1,15 +1,16 @@
 """The whole lifecycle through Dagster, as `lepton demo` runs it: real Horovod (np=2, Gloo)."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
-from lepton_assets.champion_pointer import current_champion
 from lepton_assets.cli import main
 from lepton_assets.definitions import defs
-from resources.artifact_store import ArtifactStore
+from lepton_core.registry import current_champion
+from lepton_core.store import ArtifactStore
 
 from .conftest import DEMO_END
 
@@ -31,7 +32,9 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     monkeypatch.setenv("DAGSTER_HOME", str(lepton_home / "dagster_home"))
     assert main(["demo", "--days", "7", "--end", DEMO_END.isoformat()]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy: " in out and "evaluation report: file://" in out
+    summary = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    assert summary["status"] == "promoted" and summary["report"].startswith("file://")
+    assert summary["metrics"]["accuracy"] >= 0.95 and summary["task"] == "classification"
 
     store = ArtifactStore(f"file://{lepton_home / 'artifacts'}")
     report_prefix = store.read_json("current/evaluation_report.json")["prefix"]
@@ -43,6 +46,7 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     assert evaluation["blessed"] and evaluation["champion"] is None
     champion = current_champion(store)
     assert champion is not None and champion["model_prefix"] == evaluation["candidate_model"]
+    assert summary["champion"] == champion["model_prefix"]
 
     instance = dg.DagsterInstance.get()
     # The embedded home limits every pool, so one Horovod training step runs at a time.

@@ -1,7 +1,7 @@
 import polars as pl
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.demo import digits_frame
+from lepton_core.spec import DIGITS_SPEC
 from resources.expectations import (
     ExpectationsResource,
     build_suite,

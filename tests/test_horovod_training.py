@@ -11,7 +11,7 @@ import pytest
 
 from lepton_assets.definitions import resources
 from lepton_assets.training import trained_model
-from resources.artifact_store import ArtifactStore
+from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource, failure_message
 
 
@@ -60,7 +60,7 @@ def test_a_hung_job_is_stopped_at_the_timeout(tmp_path: Path):
 def worker_pid(rank: int) -> int | None:
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "lepton_assets.train_worker" not in cmdline:
+        if "lepton_core.train_worker" not in cmdline:
             continue
         try:
             if process.environ().get("HOROVOD_RANK") == str(rank):

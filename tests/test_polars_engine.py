@@ -8,8 +8,8 @@ import great_expectations as gx
 import polars as pl
 import pytest
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.demo import digits_frame
+from lepton_core.spec import DIGITS_SPEC
 from resources.expectations import ExpectationsResource, build_suite
 
 ex = gx.expectations

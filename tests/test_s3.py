@@ -16,7 +16,7 @@ import fsspec.config
 import pytest
 
 from lepton_assets.cli import main
-from resources.artifact_store import ArtifactStore, sha256_bytes
+from lepton_core.store import ArtifactStore, sha256_bytes
 
 from .test_sensors import csv_bytes, tick
 
@@ -108,7 +108,7 @@ def test_the_whole_lifecycle_with_landing_and_artifacts_on_s3(
     monkeypatch.setenv("LEPTON_LANDING_URI", f"s3://{BUCKET}/landing")
     monkeypatch.setenv("LEPTON_ARTIFACTS_URI", f"s3://{BUCKET}/artifacts")
     assert main(["demo", "--days", "7", "--end", "2026-01-07"]) == 0
-    assert f"evaluation report: s3://{BUCKET}/artifacts/reports/" in capsys.readouterr().out
+    assert f"; report s3://{BUCKET}/artifacts/reports/" in capsys.readouterr().out
     artifacts = ArtifactStore(f"s3://{BUCKET}/artifacts")
     pointer = artifacts.read_json("champion/current.json")
     assert artifacts.exists(f"{pointer['model_prefix']}/model.pt")

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 import polars as pl
 
-from resources.artifact_store import ArtifactStore
+from lepton_core.store import ArtifactStore
 from resources.landing_zone import LandingZoneResource
 from schedules.sensors import landing_sensor
 

@@ -9,12 +9,12 @@ import polars as pl
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from lepton_assets.dataset_spec import DatasetSpec
 from lepton_assets.definitions import resources
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.training import trained_model, training_dataset
 from lepton_assets.validation import validated_batches
-from resources.artifact_store import ArtifactStore
+from lepton_core.spec import DatasetSpec
+from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodLauncherResource
 
 SPEC = Path(__file__).parent / "data" / "breast_cancer.yaml"
@@ -78,4 +78,6 @@ def test_breast_cancer_runs_from_landing_to_a_trained_model(
     artifacts = ArtifactStore(f"file://{lepton_home / 'artifacts'}")
     prefix = artifacts.read_json("current/trained_model.json")["prefix"]
     info = artifacts.read_json(f"{prefix}/model.json")
-    assert (info["arch"], info["num_features"], info["classes"]) == ("mlp", 30, [0, 1])
+    data = info["dataset_info"]
+    assert info["factory"] == "lepton_core.models:mlp"
+    assert (data["num_numeric"], data["classes"]) == (30, [0, 1])

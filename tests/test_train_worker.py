@@ -7,12 +7,14 @@ import horovod.torch as hvd
 import pytest
 import torch
 
-from lepton_assets.compression import accuracy
-from lepton_assets.dataset_spec import DIGITS_SPEC
-from lepton_assets.models import load_model
-from lepton_assets.train_worker import Trainer, train, warmup_factor
-from lepton_assets.training import TrainingConfig, features_and_labels, load_split
-from resources.artifact_store import ArtifactStore
+from lepton_assets.training import model_description
+from lepton_core.compress import metric
+from lepton_core.data import load_tensors, read_dataset_info
+from lepton_core.models import load_model
+from lepton_core.spec import DIGITS_PROJECT, ModelRef, Project, TrainingSettings
+from lepton_core.store import ArtifactStore
+from lepton_core.tasks import TASKS
+from lepton_core.train_worker import Trainer, train, warmup_factor
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,10 +24,14 @@ def horovod_single_process():
     hvd.shutdown()
 
 
-def job(version: str, **overrides: Any) -> dict[str, Any]:
+def job(store: ArtifactStore, version: str, arch: str = "cnn", **overrides: Any) -> dict[str, Any]:
+    """A worker job as trained_model writes it, for a built-in network."""
+    model = ModelRef(factory=f"lepton_core.models:{arch}")
+    project = Project(dataset=DIGITS_PROJECT.dataset, model=model)
     return {
-        **TrainingConfig().model_dump(),
-        "arch": "cnn",
+        **TrainingSettings().model_dump(),
+        "model_info": model_description(project, read_dataset_info(store, version)),
+        "loss": None,
         "dataset_version": version,
         "output_prefix": "models/test",
         "checkpoint_prefix": "checkpoints/test/run-1",
@@ -44,12 +50,12 @@ def test_warmup_ramps_from_one_process_rate_to_scaled_rate():
 def test_trains_checkpoints_every_epoch_and_resumes_where_it_stopped(
     artifacts: ArtifactStore, dataset_version: str
 ):
-    train(artifacts, job(dataset_version, epochs=2), None)
+    train(artifacts, job(artifacts, dataset_version, epochs=2), None)
     saved = io.BytesIO(artifacts.read_bytes("checkpoints/test/run-1/latest.pt"))
     checkpoint = torch.load(saved, weights_only=True)
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
 
-    trainer = Trainer(artifacts, job(dataset_version, epochs=4), None)
+    trainer = Trainer(artifacts, job(artifacts, dataset_version, epochs=4), None)
     trainer.prepare()
     assert trainer.epoch == 2 and trainer.resumed_from == 2
     trainer.run()
@@ -58,17 +64,18 @@ def test_trains_checkpoints_every_epoch_and_resumes_where_it_stopped(
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
 
     model, info = load_model(artifacts, "models/test")
-    assert info["arch"] == "cnn" and info["dataset_version"] == dataset_version
-    features, labels = features_and_labels(
-        load_split(artifacts, dataset_version, "val"), DIGITS_SPEC
-    )
-    assert accuracy(model, features, labels) > 0.9
+    assert info["factory"] == "lepton_core.models:cnn"
+    assert info["dataset_version"] == dataset_version
+    inputs, labels = load_tensors(artifacts, dataset_version, "val")
+    assert metric(model, inputs, labels, TASKS["classification"]) > 0.9
 
 
 def test_a_new_lineage_starts_from_scratch(artifacts: ArtifactStore, dataset_version: str):
-    train(artifacts, job(dataset_version, epochs=1), None)
+    train(artifacts, job(artifacts, dataset_version, epochs=1), None)
     trainer = Trainer(
-        artifacts, job(dataset_version, epochs=1, checkpoint_prefix="checkpoints/test/run-2"), None
+        artifacts,
+        job(artifacts, dataset_version, epochs=1, checkpoint_prefix="checkpoints/test/run-2"),
+        None,
     )
     trainer.prepare()
     assert trainer.epoch == 0
@@ -76,7 +83,7 @@ def test_a_new_lineage_starts_from_scratch(artifacts: ArtifactStore, dataset_ver
 
 def test_early_stopping_keeps_the_best_epoch(artifacts: ArtifactStore, dataset_version: str):
     trainer = Trainer(
-        artifacts, job(dataset_version, epochs=40, patience=2, learning_rate=3e-3), None
+        artifacts, job(artifacts, dataset_version, epochs=40, patience=2, learning_rate=3e-3), None
     )
     trainer.prepare()
     trainer.run()
@@ -92,14 +99,14 @@ def test_early_stopping_keeps_the_best_epoch(artifacts: ArtifactStore, dataset_v
 def test_every_architecture_trains_an_epoch(
     artifacts: ArtifactStore, dataset_version: str, arch: str
 ):
-    train(artifacts, job(dataset_version, epochs=1, arch=arch), None)
+    train(artifacts, job(artifacts, dataset_version, epochs=1, arch=arch), None)
     assert artifacts.exists("models/test/model.pt")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_mixed_precision_trains(artifacts: ArtifactStore, dataset_version: str, amp: str):
-    trainer = Trainer(artifacts, job(dataset_version, epochs=3, amp=amp), None)
+    trainer = Trainer(artifacts, job(artifacts, dataset_version, epochs=3, amp=amp), None)
     assert trainer.device.type == "cuda" and trainer.use_amp
     trainer.prepare()
     trainer.run()

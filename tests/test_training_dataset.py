@@ -1,12 +1,24 @@
 import polars as pl
 import pytest
 
-from lepton_assets.training import assign_splits, feature_stats, split_of
+from lepton_core.data import (
+    UNKNOWN,
+    assign_splits,
+    encode_categorical,
+    fit_preprocessing,
+    split_of,
+)
+from lepton_core.spec import DatasetSpec
 
 
 def test_split_of_is_a_pure_function_of_the_id():
     ids = [f"s-{i}" for i in range(2000)]
     assert [split_of(i) for i in ids] == [split_of(i) for i in ids]
+
+
+def test_split_assignments_are_pinned():
+    # Fixed expected splits: a change of the hash would move samples between splits.
+    assert [split_of(f"s-{i}") for i in range(4)] == ["val", "train", "test", "train"]
 
 
 def test_split_does_not_change_when_data_is_added():
@@ -25,12 +37,40 @@ def test_split_proportions_are_about_80_10_10():
     assert share["test"] == pytest.approx(0.1, abs=0.01)
 
 
-def test_feature_stats_come_from_the_frame_and_guard_constant_features():
-    frame = pl.DataFrame({"a": [1.0, 3.0], "b": [5.0, 5.0]})
-    stats = feature_stats(frame, ["a", "b"])
-    assert stats["mean"] == [2.0, 5.0]
-    assert stats["std"][0] == pytest.approx(1.41421, rel=1e-4)
-    assert stats["std"][1] == 1.0
+SPEC = DatasetSpec(
+    name="t",
+    id_column="id",
+    label_column="y",
+    task="regression",
+    feature_columns=["a", "b", "c"],
+    categorical_columns=["city"],
+    nullable_columns=["c", "city"],
+)
+
+
+def test_preprocessing_is_learned_from_the_frame_and_guards_constant_features():
+    frame = pl.DataFrame(
+        {
+            "a": [1.0, 3.0, 8.0],
+            "b": [5.0, 5.0, 5.0],
+            "c": [None, 2.0, 4.0],
+            "city": ["Oslo", None, "Bergen"],
+        }
+    )
+    prep = fit_preprocessing(frame, SPEC)
+    assert prep["numeric"]["fill"] == [3.0, 5.0, 3.0]  # medians, nulls skipped
+    assert prep["numeric"]["mean"] == [4.0, 5.0, 3.0]
+    assert prep["numeric"]["std"][0] == pytest.approx(3.60555, rel=1e-4)
+    assert prep["numeric"]["std"][1] == 1.0
+    assert prep["categorical"] == {"city": ["Bergen", "Oslo"]}
+    mean_spec = SPEC.model_copy(update={"impute": "mean"})
+    assert fit_preprocessing(frame, mean_spec)["numeric"]["fill"] == [4.0, 5.0, 3.0]
+
+
+def test_unseen_and_null_categories_go_to_the_unknown_bucket():
+    frame = pl.DataFrame({"city": ["Oslo", "Tromsø", None, "Bergen"]})
+    codes = encode_categorical(frame, {"city": ["Bergen", "Oslo"]})
+    assert codes.flatten().tolist() == [2, UNKNOWN, UNKNOWN, 1]
 
 
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():

@@ -34,7 +34,8 @@ def confusion_png(matrix: list[list[int]], classes: list[int]) -> bytes:
     return png(fig)
 
 
-def curves_png(history: list[dict[str, float]]) -> bytes:
+def curves_png(history: list[dict[str, float]], metric: str) -> bytes:
+    """Train and validation loss, and the validation metric (accuracy or RMSE), per epoch."""
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.5), dpi=100)
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -43,24 +44,37 @@ def curves_png(history: list[dict[str, float]]) -> bytes:
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.legend()
-    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], color="green")
+    acc_ax.plot(epochs, [h[metric] for h in history], color="green")
     acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("validation accuracy")
+    acc_ax.set_ylabel(metric.replace("_", " "))
     fig.suptitle("Training curves")
     return png(fig)
 
 
-def pareto_png(rows: list[dict[str, Any]], chosen: str) -> bytes:
-    """Validation accuracy against size and against latency, the chosen variant circled."""
+def scatter_png(truth: np.ndarray, predicted: np.ndarray) -> bytes:
+    """Regression: predicted against true values on the test split, with the diagonal."""
+    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    ax = fig.subplots()
+    ax.scatter(truth, predicted, s=6, alpha=0.5)
+    low, high = float(min(truth.min(), predicted.min())), float(max(truth.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="red", linewidth=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title("Predicted vs true (test split)")
+    return png(fig)
+
+
+def pareto_png(rows: list[dict[str, Any]], chosen: str, metric: str) -> bytes:
+    """The validation metric against size and against latency, the chosen variant circled."""
     fig = Figure(figsize=(9, 3.8), dpi=100)
     axes = fig.subplots(1, 2)
-    for ax, metric, label in (
+    for ax, axis, label in (
         (axes[0], "size_gzip_bytes", "gzipped size (KiB)"),
         (axes[1], "latency_b1_p50_ms", "latency, batch 1, p50 (ms)"),
     ):
-        scale = 1024 if metric == "size_gzip_bytes" else 1
+        scale = 1024 if axis == "size_gzip_bytes" else 1
         for r in rows:
-            x, y = r[metric] / scale, r["val_accuracy"] * 100
+            x, y = r[axis] / scale, r[metric]
             ax.scatter(
                 [x],
                 [y],
@@ -70,7 +84,7 @@ def pareto_png(rows: list[dict[str, Any]], chosen: str) -> bytes:
             )
             ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
     fig.suptitle(f"Compression variants (chosen: {chosen})")
     return png(fig)

@@ -1,9 +1,13 @@
 """The Horovod training worker: one process per rank, launched by ``horovodrun``.
 
-    horovodrun -np 2 --gloo python -m lepton_assets.train_worker \
+    horovodrun -np 2 --gloo python -m lepton_core.train_worker \
         --artifacts-uri file:///…/artifacts --job-key runs/<run>/train_job.json
 
 Follows Horovod's canonical PyTorch recipe; every distributed line is marked ``# Horovod:``.
+It imports torch, Horovod and Lepton's Dagster-free core only (``dagster_pipes`` is Dagster's
+small standalone protocol package), so a rank starts without Dagster's or GX's imports.
+The model comes from the job's description (factory, kwargs, code_path), the loss from the
+project's ``loss`` or the task's default.
 Rank 0 alone opens the Dagster Pipes channel: it streams per-epoch metrics to the Dagster
 log, writes a checkpoint every epoch, saves the model and reports the materialization.
 
@@ -24,23 +28,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import horovod.torch as hvd
-import polars as pl
 import torch
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dagster_pipes
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from lepton_assets.dataset_spec import DatasetSpec
-from lepton_assets.models import build_model, save_model, set_standardization, torch_bytes
-from lepton_assets.training import dataset_prefix, features_and_labels, load_split
-from resources.artifact_store import ArtifactStore
+from lepton_core.data import load_tensors
+from lepton_core.models import build_model, save_model, torch_bytes
+from lepton_core.store import ArtifactStore
+from lepton_core.tasks import Loss, Task, task_of
+from lepton_core.usercode import resolve
 
 MIN_IMPROVEMENT = 1e-4
 
 
-def tensors(frame: pl.DataFrame, spec: DatasetSpec) -> TensorDataset:
-    return TensorDataset(*features_and_labels(frame, spec))
+def tensors(store: ArtifactStore, version: str, split: str) -> TensorDataset:
+    inputs, target = load_tensors(store, version, split)
+    return TensorDataset(*inputs, target)
 
 
 def seed_everything(seed: int) -> None:
@@ -63,22 +68,28 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy) over the whole split, each rank scoring its shard."""
+def to_device(batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return [t.to(device, non_blocking=True) for t in batch]
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: Loss, task: Task
+) -> tuple[float, float]:
+    """(mean loss, the task's metric) over the whole split, each rank scoring its shard."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, metric_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x).float()
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+        for batch in loader:
+            *x, y = to_device(batch, device)
+            outputs = model(*x).float()
+            loss_sum += float(loss_fn(outputs, y)) * len(y)
+            metric_sum += task.metric_sums(outputs, y)
             count += len(y)
     # Horovod: sum the shard totals so every rank sees the global figures.
     totals = hvd.allreduce(
-        torch.tensor([loss_sum, correct, count], dtype=torch.float64), op=hvd.Sum, name="eval"
+        torch.tensor([loss_sum, metric_sum, count], dtype=torch.float64), op=hvd.Sum, name="eval"
     )
-    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+    return float(totals[0] / totals[2]), task.metric_value(float(totals[1]), float(totals[2]))
 
 
 def load_checkpoint(store: ArtifactStore, key: str) -> dict[str, Any] | None:
@@ -110,8 +121,14 @@ class Trainer:
     def __init__(self, store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None):
         self.store, self.job, self.pipes = store, job, pipes
         self.is_root = hvd.rank() == 0
-        info = store.read_json(f"{dataset_prefix(job['dataset_version'])}/dataset.json")
-        self.spec = DatasetSpec.model_validate(info["spec"])
+        self.model_info = job["model_info"]
+        self.task = task_of(self.model_info["dataset_info"]["task"])
+        code_path = self.model_info.get("code_path")
+        self.loss_fn: Loss = (
+            resolve(job["loss"], code_path, what="loss")
+            if job.get("loss")
+            else self.task.default_loss
+        )
         seed_everything(job["seed"])
 
         # Horovod: pin the device to the local rank.
@@ -122,15 +139,9 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
 
-        self.train_set = tensors(load_split(store, job["dataset_version"], "train"), self.spec)
-        self.val_set = tensors(load_split(store, job["dataset_version"], "val"), self.spec)
-        self.model = build_model(
-            job["arch"],
-            len(self.spec.feature_columns),
-            len(self.spec.classes),
-            self.spec.input_shape,
-        )
-        set_standardization(self.model, info["stats"]["mean"], info["stats"]["std"])
+        self.train_set = tensors(store, job["dataset_version"], "train")
+        self.val_set = tensors(store, job["dataset_version"], "val")
+        self.model = build_model(self.model_info)
         self.model.to(self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["amp"])
         self.use_amp = self.cuda and self.amp_dtype is not None
@@ -229,9 +240,8 @@ class Trainer:
         size, steps = hvd.size(), len(loader)
         warmup_steps = self.job["warmup_epochs"] * steps
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for i, (x, y) in enumerate(loader):
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+        for i, batch in enumerate(loader):
+            *x, y = to_device(batch, self.device)
             step = self.epoch * steps + i
             for group in self.optimizer.param_groups:
                 # Horovod: learning rate × size, reached after the warm-up.
@@ -240,7 +250,7 @@ class Trainer:
                 )
             self.optimizer.zero_grad()
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                loss = nn.functional.cross_entropy(self.model(x), y)
+                loss = self.loss_fn(self.model(*x).float(), y)
             self.scaler.scale(loss).backward()
             # Horovod: finish the gradient allreduce before the scaler looks at gradients.
             self.optimizer.synchronize()
@@ -266,14 +276,16 @@ class Trainer:
             # Horovod: a different shuffle of the shards every epoch.
             train_sampler.set_epoch(self.epoch)
             train_loss, throughput = self.train_epoch(train_loader)
-            val_loss, val_accuracy = evaluate(self.model, val_loader, self.device)
+            val_loss, val_metric = evaluate(
+                self.model, val_loader, self.device, self.loss_fn, self.task
+            )
             self.epoch += 1
             self.history.append(
                 {
                     "epoch": self.epoch,
                     "train_loss": round(train_loss, 5),
                     "val_loss": round(val_loss, 5),
-                    "val_accuracy": round(val_accuracy, 5),
+                    self.task.metric: round(val_metric, 5),
                     "samples_per_s": round(throughput, 1),
                 }
             )
@@ -288,7 +300,7 @@ class Trainer:
                 self.bad_epochs += 1
             self.log(
                 f"epoch {self.epoch}/{self.job['epochs']}: train_loss={train_loss:.4f} "
-                f"val_loss={val_loss:.4f} val_accuracy={val_accuracy:.4f} "
+                f"val_loss={val_loss:.4f} {self.task.metric}={val_metric:.4f} "
                 f"samples/s={throughput:.0f}"
             )
             self.save_checkpoint()
@@ -310,18 +322,8 @@ class Trainer:
             raise RuntimeError(f"ranks ended with different parameters: {digests}")
         if not self.is_root:
             return
-        spec, job = self.spec, self.job
-        model_info = {
-            "arch": job["arch"],
-            "num_features": len(spec.feature_columns),
-            "num_classes": len(spec.classes),
-            "classes": spec.classes,
-            "input_shape": spec.input_shape,
-            "feature_columns": spec.feature_columns,
-            "dataset_version": job["dataset_version"],
-            "variant": "fp32",
-            "dtype": "float32",
-        }
+        job = self.job
+        model_info = {**self.model_info, "variant": "fp32", "dtype": "float32"}
         prefix = job["output_prefix"]
         digest = save_model(self.store, prefix, self.model.cpu(), model_info)
         self.store.write_json(f"{prefix}/history.json", self.history)
@@ -336,7 +338,7 @@ class Trainer:
                 "epochs_run": {"raw_value": self.epoch, "type": "int"},
                 "best_epoch": {"raw_value": self.best["epoch"], "type": "int"},
                 "resumed_from_epoch": {"raw_value": self.resumed_from, "type": "int"},
-                "val_accuracy": {"raw_value": last["val_accuracy"], "type": "float"},
+                self.task.metric: {"raw_value": last[self.task.metric], "type": "float"},
                 "val_loss": {"raw_value": self.best["val_loss"], "type": "float"},
                 "samples_per_s": {"raw_value": last["samples_per_s"], "type": "float"},
                 "rank_param_sha256": {"raw_value": digests, "type": "json"},

@@ -9,7 +9,7 @@ object ``champion/history/<UTC time>-<run>.json`` and none is ever rewritten: on
 from datetime import UTC, datetime
 from typing import Any
 
-from resources.artifact_store import ArtifactStore
+from lepton_core.store import ArtifactStore
 
 POINTER_KEY = "champion/current.json"
 HISTORY_PREFIX = "champion/history"

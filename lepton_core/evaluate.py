@@ -1,0 +1,389 @@
+"""Evaluation: the compressed candidate against the current champion, on the held-out test split.
+
+Writes ``reports/<model>/<variant>/report.html`` (one self-contained file, plots embedded),
+``report.md`` with its PNGs beside it, and ``evaluation.json``. ``bless`` lists the promotion
+rules a candidate breaks; the report names them.
+
+Classification: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix,
+calibration error. Regression: RMSE, MAE, R² and a predicted-vs-true plot. Both: size and
+CPU latency.
+"""
+
+import base64
+import html
+import re
+import statistics
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from lepton_core.compress import latency_ms
+from lepton_core.data import load_tensors
+from lepton_core.models import load_model, predict_outputs
+from lepton_core.plots import confusion_png, curves_png, scatter_png
+from lepton_core.registry import current_champion
+from lepton_core.spec import EvaluationSettings
+from lepton_core.store import ArtifactStore
+from lepton_core.tasks import regression_outputs, task_of
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over equal-width bins."""
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    total = 0.0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(total)
+
+
+def classification_metrics(outputs: torch.Tensor, target: torch.Tensor, classes: list[int]):
+    probabilities = outputs.softmax(1).numpy()
+    predicted = probabilities.argmax(1)
+    truth = target.numpy()
+    k = list(range(len(classes)))
+    precision, recall, f1, support = (
+        np.asarray(values)
+        for values in precision_recall_fscore_support(
+            truth,
+            predicted,
+            labels=k,
+            zero_division=0,  # pyright: ignore[reportArgumentType]
+        )
+    )
+    return {
+        "accuracy": round(float((predicted == truth).mean()), 5),
+        "macro_f1": round(float(f1_score(truth, predicted, labels=k, average="macro")), 5),
+        "ece": round(expected_calibration_error(probabilities.max(1), predicted == truth), 5),
+        "per_class": [
+            {
+                "class": classes[i],
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(support[i]),
+            }
+            for i in k
+        ],
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=k).tolist(),
+    }
+
+
+def regression_metrics(outputs: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+    predicted = regression_outputs(outputs).double()
+    truth = target.double()
+    error = predicted - truth
+    total = float(((truth - truth.mean()) ** 2).sum())
+    return {
+        "rmse": round(float(error.pow(2).mean().sqrt()), 5),
+        "mae": round(float(error.abs().mean()), 5),
+        "r2": round(1.0 - float(error.pow(2).sum()) / total, 5) if total > 0 else None,
+    }
+
+
+def evaluate_model(
+    model: Any, inputs: list[torch.Tensor], target: torch.Tensor, info: dict[str, Any]
+) -> dict[str, Any]:
+    """The task's metrics, plus batch-1 latency."""
+    outputs = predict_outputs(model, inputs)
+    data = info["dataset_info"]
+    metrics = (
+        classification_metrics(outputs, target, data["classes"])
+        if data["task"] == "classification"
+        else regression_metrics(outputs, target)
+    )
+    single = [x[:1] for x in inputs]
+    metrics["latency_b1_p50_ms"] = round(statistics.median(latency_ms(model, single, 100)), 4)
+    return metrics
+
+
+def bless(
+    task: str,
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    settings: EvaluationSettings,
+) -> list[str]:
+    """The promotion rules the candidate breaks; empty means blessed."""
+    if task == "regression":
+        return bless_regression(candidate, champion, settings)
+    broken = []
+    if candidate["accuracy"] < settings.min_accuracy:
+        broken.append(
+            f"test accuracy {candidate['accuracy']:.4f} is below the floor "
+            f"{settings.min_accuracy:.4f}"
+        )
+    if champion is None:
+        return broken
+    if candidate["accuracy"] < champion["accuracy"] - settings.max_regression:
+        broken.append(
+            f"test accuracy {candidate['accuracy']:.4f} is more than "
+            f"{settings.max_regression:.4f} below the champion's {champion['accuracy']:.4f}"
+        )
+    for mine, theirs in zip(candidate["per_class"], champion["per_class"], strict=True):
+        if mine["f1"] < theirs["f1"] - settings.max_class_regression:
+            broken.append(
+                f"class {mine['class']}: F1 {mine['f1']:.4f} is more than "
+                f"{settings.max_class_regression:.4f} below the champion's {theirs['f1']:.4f}"
+            )
+    return broken
+
+
+def bless_regression(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, settings: EvaluationSettings
+) -> list[str]:
+    broken = []
+    r2 = candidate["r2"]
+    if r2 is None or r2 < settings.min_r2:
+        broken.append(f"test R² {r2} is below the floor {settings.min_r2:.4f}")
+    if settings.max_rmse is not None and candidate["rmse"] > settings.max_rmse:
+        broken.append(
+            f"test RMSE {candidate['rmse']:.4f} is above the ceiling {settings.max_rmse:.4f}"
+        )
+    if champion is not None:
+        allowed = champion["rmse"] * (1 + settings.max_rmse_regression)
+        if candidate["rmse"] > allowed:
+            broken.append(
+                f"test RMSE {candidate['rmse']:.4f} is more than "
+                f"{settings.max_rmse_regression:.1%} above the champion's {champion['rmse']:.4f}"
+            )
+    return broken
+
+
+# -- the report ------------------------------------------------------------------------------
+SUMMARY = {
+    "classification": ("accuracy", "macro_f1", "ece"),
+    "regression": ("rmse", "mae", "r2"),
+}
+VARIANT_COLUMNS = [
+    "size_bytes",
+    "size_gzip_bytes",
+    "sparsity",
+    "parameters",
+    "latency_b1_p50_ms",
+    "latency_b1_p95_ms",
+    "throughput_b256_per_s",
+]
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def report_markdown(ev: dict[str, Any], variants: dict[str, Any]) -> str:
+    """The report as Markdown. Values from data and user code are plain text here; the HTML
+    rendering escapes every one of them."""
+    task, cand, champ = ev["task"], ev["candidate"], ev["champion"]
+    if ev["blessed"]:
+        verdict = "**BLESSED**: the candidate becomes the champion."
+    else:
+        verdict = "**NOT BLESSED**: the champion stays. Broken rules:\n" + "\n".join(
+            f"- {rule}" for rule in ev["broken_rules"]
+        )
+    summary = SUMMARY[task]
+    lines = [
+        f"# Evaluation of `{ev['candidate_model']}`",
+        "",
+        f"Task {task}; model factory `{ev['factory']}`. Dataset version "
+        f"`{ev['dataset_version']}`, held-out test split of {ev['test_rows']} samples. "
+        f"Compression variant: `{ev['variant']}`.",
+        "",
+        f"Verdict: {verdict}",
+        "",
+        "| model | " + " | ".join(summary) + " | size (bytes) | latency b1 p50 (ms) |",
+        "|---|" + "---|" * (len(summary) + 2),
+        "| candidate | "
+        + " | ".join(cell(cand[m]) for m in summary)
+        + f" | {ev['candidate_size_bytes']} | {cand['latency_b1_p50_ms']} |",
+    ]
+    if champ is not None:
+        lines.append(
+            f"| champion `{ev['champion_model']}` | "
+            + " | ".join(cell(champ[m]) for m in summary)
+            + f" | {ev['champion_size_bytes']} | {champ['latency_b1_p50_ms']} |"
+        )
+    else:
+        lines.append("| champion | (none yet) |" + " |" * (len(summary) + 1))
+    lines += ["", *per_class_lines(cand, champ)] if task == "classification" else []
+    plot = "confusion_matrix.png" if task == "classification" else "predicted_vs_true.png"
+    lines += ["", f"![test predictions]({plot})", "", "## Training", ""]
+    lines += ["![training curves](training_curves.png)", "", "## Compression variants", ""]
+    columns = ["variant", ev["metric"], *VARIANT_COLUMNS]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for v in variants["built"]:
+        marker = " (chosen)" if v["variant"] == ev["variant"] else ""
+        cells = [f"{v['variant']}{marker}"] + [cell(v.get(c)) for c in columns[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![Pareto plot](pareto.png)", ""]
+    if variants["skipped"]:
+        lines += ["Skipped variants:", ""]
+        lines += [f"- {s['variant']}: {s['reason']}" for s in variants["skipped"]]
+    return "\n".join(lines)
+
+
+def per_class_lines(cand: dict[str, Any], champ: dict[str, Any] | None) -> list[str]:
+    champion_f1 = {r["class"]: r["f1"] for r in champ["per_class"]} if champ else {}
+    lines = [
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | champion F1 | support |",
+        "|---|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+        f"{champion_f1.get(r['class'], '')} | {r['support']} |"
+        for r in cand["per_class"]
+    ]
+
+
+IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<name>[\w.-]+\.png)\)$")
+
+
+def report_html(markdown: str, images: dict[str, bytes], title: str) -> str:
+    """A self-contained HTML page of the report's Markdown, every plot inlined and every
+    text escaped (values from data and user code are never markup)."""
+    body: list[str] = []
+    table: list[list[str]] = []
+
+    def flush_table() -> None:
+        if table:
+            head, *rows = table
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
+            table.clear()
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [inline(c.strip()) for c in line.strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                table.append(cells)
+            continue
+        flush_table()
+        image = IMAGE.match(line)
+        if image:
+            data = base64.b64encode(images[image["name"]]).decode()
+            body.append(
+                f'<img alt="{html.escape(image["alt"])}" src="data:image/png;base64,{data}">'
+            )
+        elif line.startswith("# "):
+            body.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<li>{inline(line[2:])}</li>")
+        elif line:
+            body.append(f"<p>{inline(line)}</p>")
+    flush_table()
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+# -- the whole evaluation --------------------------------------------------------------------
+def comparable(candidate: dict[str, Any], champion: dict[str, Any]) -> bool:
+    keys = ("task", "inputs", "num_numeric", "image_shape", "classes")
+    mine, theirs = candidate["dataset_info"], champion["dataset_info"]
+    return all(mine.get(k) == theirs.get(k) for k in keys)
+
+
+def champion_metrics(
+    store: ArtifactStore, inputs: list[torch.Tensor], target: torch.Tensor, info: dict[str, Any]
+) -> tuple[str | None, dict[str, Any] | None, int | None]:
+    """(model prefix, metrics on this test split, weights size) of the champion, if any."""
+    pointer = current_champion(store)
+    if pointer is None:
+        return None, None, None
+    prefix = pointer["model_prefix"]
+    model, champion_info = load_model(store, prefix)
+    if not comparable(info, champion_info):
+        raise ValueError(
+            f"champion {prefix} was trained for other data ({champion_info['dataset_info']}); "
+            f"the candidate's is {info['dataset_info']}. Roll back or clear the champion "
+            "before switching datasets."
+        )
+    size = store.size(f"{prefix}/model.pt")
+    return prefix, evaluate_model(model, inputs, target, info), size
+
+
+def evaluate_candidate(
+    store: ArtifactStore, compressed: dict[str, Any], settings: EvaluationSettings
+) -> tuple[dict[str, Any], str]:
+    """Score the candidate and the champion, write the report; (evaluation, report prefix).
+
+    ``compressed`` is the compression pointer: ``prefix`` (the chosen variant), ``source``
+    (the trained model) and ``variants`` (the folder of all variants)."""
+    candidate_prefix = compressed["prefix"]
+    model, info = load_model(store, candidate_prefix)
+    version, task = info["dataset_version"], task_of(info["dataset_info"]["task"])
+    inputs, target = load_tensors(store, version, "test")
+    candidate = evaluate_model(model, inputs, target, info)
+    champion_prefix, champion, champion_size = champion_metrics(store, inputs, target, info)
+    broken = bless(task.name, candidate, champion, settings)
+    ev = {
+        "task": task.name,
+        "metric": task.metric,
+        "factory": info["factory"],
+        "candidate_model": candidate_prefix,
+        "variant": info["variant"],
+        "dataset_version": version,
+        "test_rows": int(target.shape[0]),
+        "candidate": candidate,
+        "candidate_size_bytes": store.size(f"{candidate_prefix}/model.pt"),
+        "champion_model": champion_prefix,
+        "champion": champion,
+        "champion_size_bytes": champion_size,
+        "blessed": not broken,
+        "broken_rules": broken,
+    }
+    variants = store.read_json(f"{compressed['variants']}/variants.json")
+    history = store.read_json(f"{compressed['source']}/history.json")
+    if task.name == "classification":
+        plot = (
+            "confusion_matrix.png",
+            confusion_png(candidate["confusion_matrix"], info["dataset_info"]["classes"]),
+        )
+    else:
+        outputs = regression_outputs(predict_outputs(model, inputs))
+        plot = ("predicted_vs_true.png", scatter_png(target.numpy(), outputs.numpy()))
+    images = {
+        plot[0]: plot[1],
+        "training_curves.png": curves_png(history, task.metric),
+        "pareto.png": store.read_bytes(f"{compressed['variants']}/pareto.png"),
+    }
+    report_prefix = f"reports/{candidate_prefix.removeprefix('compressed/')}"
+    markdown = report_markdown(ev, variants)
+    for name, data in images.items():
+        store.write_bytes(f"{report_prefix}/{name}", data)
+    store.write_text(f"{report_prefix}/report.md", markdown)
+    store.write_text(
+        f"{report_prefix}/report.html", report_html(markdown, images, candidate_prefix)
+    )
+    store.write_json(f"{report_prefix}/evaluation.json", ev)
+    return ev, report_prefix
+
+
+def headline(ev: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's summary metrics (for metadata, the CLI and the champion record)."""
+    return {m: ev["candidate"][m] for m in SUMMARY[ev["task"]]}

@@ -1,0 +1,34 @@
+"""The ML core is Dagster-free: what a Horovod rank imports loads neither Dagster nor GX."""
+
+import json
+import subprocess
+import sys
+
+CORE_MODULES = [
+    "lepton_core.train_worker",
+    "lepton_core.compress",
+    "lepton_core.evaluate",
+    "lepton_core.predict",
+    "lepton_core.registry",
+    "lepton_core.images",
+]
+PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_a_training_rank_and_the_core_import_no_dagster_and_no_gx():
+    # A fresh interpreter, as horovodrun starts each rank.
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *CORE_MODULES],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    top_level = set(json.loads(out))
+    assert {"torch", "horovod", "polars"} <= top_level
+    assert not top_level & {"dagster", "great_expectations"}, sorted(top_level)
