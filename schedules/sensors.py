@@ -4,11 +4,14 @@ alerts when a run fails."""
 import hashlib
 import json
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 
 from lepton_assets.partitions import daily_partitions_def
-from lepton_assets.training import accepted_partitions, current_key, dataset_prefix
+from lepton_core.data import accepted_partitions
+from lepton_core.keys import current_key, dataset_info_key
 from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
@@ -86,7 +89,7 @@ def retraining_sensor(
     trained: set[tuple[str, str]] = set()
     if store.exists(current_key("training_dataset")):
         version = store.read_json(current_key("training_dataset"))["version"]
-        info = store.read_json(f"{dataset_prefix(version)}/dataset.json")
+        info = store.read_json(dataset_info_key(version))
         trained = {tuple(pair) for pair in info["inputs"]}
     inputs = sorted((m["partition"], m["sha256"]) for m in accepted)
     new = [day for day, digest in inputs if (day, digest) not in trained]
@@ -103,6 +106,77 @@ def retraining_sensor(
     )
 
 
+def error_chain(error: Any) -> list[str]:
+    """First line of every error (a SerializableErrorInfo) from Dagster's wrapper to the
+    innermost cause."""
+    chain: list[str] = []
+    while error is not None:
+        lines = (error.message or "").strip().splitlines()
+        chain.append(lines[0][:500] if lines else "")
+        error = error.cause
+    return chain
+
+
+def user_error(errors: list[str]) -> str:
+    """The outermost error that is not Dagster's own wrapper: the one that says what broke
+    (an ingestion error names the file; its cause, e.g. Polars', does not)."""
+    own = [e for e in errors if not e.startswith("dagster.")]
+    return own[0] if own else (errors[-1] if errors else "")
+
+
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
+    """The run's failed asset checks, with the reasons and files their results name."""
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    checks = []
+    for record in records:
+        evaluation = record.dagster_event.event_specific_data if record.dagster_event else None
+        if not isinstance(evaluation, dg.AssetCheckEvaluation) or evaluation.passed:
+            continue
+        details = {k: v.value for k, v in evaluation.metadata.items()}
+        checks.append(
+            {
+                "asset": evaluation.asset_key.to_user_string(),
+                "check": evaluation.check_name,
+                "reason": evaluation.description or "",
+                "files": details.get("files_with_quarantined_rows", {}),
+                "rows_per_rule": details.get("rows_per_broken_rule", {}),
+            }
+        )
+    return checks
+
+
+def failure_alert(
+    run: dg.DagsterRun, failures: Sequence[dg.DagsterEvent], checks: list[dict]
+) -> dict:
+    """What broke, for people: the job, partition, each failed step (its asset and every
+    error in its chain, so the file an ingestion error names is kept) and each failed check
+    with its reasons and files. ``summary`` is one line leading with the most specific."""
+    partition = run.tags.get("dagster/partition")
+    steps = [
+        {
+            "step": event.step_key,
+            "asset": event.step_key,  # one asset per step in Lepton's jobs
+            "errors": error_chain(event.step_failure_data.error),
+        }
+        for event in failures
+    ]
+    if checks:
+        first = f"check {checks[0]['asset']}:{checks[0]['check']} failed: {checks[0]['reason']}"
+    elif steps and steps[0]["errors"]:
+        first = f"{steps[0]['asset']}: {user_error(steps[0]['errors'])}"
+    else:
+        first = "see the run"
+    where = f" [{partition}]" if partition else ""
+    return {
+        "job": run.job_name,
+        "run_id": run.run_id,
+        "partition": partition,
+        "failed_steps": steps,
+        "failed_checks": checks,
+        "summary": f"Lepton run failed: {run.job_name}{where} ({run.run_id[:8]}): {first}",
+    }
+
+
 @dg.run_failure_sensor(
     name="failure_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -111,24 +185,8 @@ def retraining_sensor(
 )
 def failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertWebhookResource) -> None:
     run = context.dagster_run
-    partition = run.tags.get("dagster/partition")
-    steps = []
-    for event in context.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None and error.cause is not None:  # the user's error, not the wrapper
-            error = error.cause
-        steps.append({"step": event.step_key, "error": (error.message if error else "")[:500]})
-    alert = {
-        "job": run.job_name,
-        "run_id": run.run_id,
-        "partition": partition,
-        "error": context.failure_event.message,
-        "failed_steps": steps,
-        "summary": f"Lepton run failed: {run.job_name}"
-        + (f" [{partition}]" if partition else "")
-        + f" ({run.run_id[:8]}): "
-        + (steps[0]["error"].splitlines()[0] if steps and steps[0]["error"] else "see the run"),
-    }
+    checks = failed_checks(context.instance, run.run_id)
+    alert = failure_alert(run, context.get_step_failure_events(), checks)
     context.log.error("lepton_alert " + json.dumps(alert, sort_keys=True))
     posted = alerts.post(alert)
     context.log.info(f"alert {'posted to the webhook' if posted else 'logged (no webhook set)'}")

@@ -1,20 +1,25 @@
 """The nightly schedule, the retraining sensor and failure alerts, on a real instance."""
 
+import io
 import json
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
-from lepton_assets.dataset_spec import DIGITS_SPEC
 from lepton_assets.definitions import defs, resources
 from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import raw_batches
-from lepton_assets.training import build_dataset, current_key
+from lepton_assets.validation import validated_batches
+from lepton_core.data import build_dataset
+from lepton_core.keys import current_key
+from lepton_core.spec import DIGITS_SPEC
+from lepton_core.store import ArtifactStore
 from resources.alerts import AlertWebhookResource
-from resources.artifact_store import ArtifactStore
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.sensors import failure_alert_sensor, retraining_sensor
 
@@ -74,6 +79,12 @@ def test_retraining_is_requested_once_per_new_dataset_version(
     assert request.tags["lepton/new_days"] == "2026-01-02"
 
 
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
+
+
 class Hook(BaseHTTPRequestHandler):
     received: list[dict] = []
 
@@ -87,25 +98,20 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_failed_run_is_logged_and_posted_to_the_webhook(
-    seeded: ArtifactStore, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
-):
+def alert_posted_for(
+    result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> dict:
+    """Runs the failure sensor on ``result``'s failed run; returns what a real HTTP receiver
+    on 127.0.0.1 got."""
+    Hook.received = []
     server = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
     try:
-        failed = dg.materialize(
-            [raw_batches],
-            resources=resources,
-            instance=instance,
-            partition_key="2025-06-01",
-            raise_on_error=False,
-        )
-        assert not failed.success
-        run = instance.get_run_by_id(failed.run_id)
+        run = instance.get_run_by_id(result.run_id)
         [failure] = [
             r.dagster_event
-            for r in instance.all_logs(failed.run_id)
+            for r in instance.all_logs(result.run_id)
             if r.dagster_event and r.dagster_event.is_run_failure
         ]
         assert run is not None and failure is not None
@@ -120,10 +126,74 @@ def test_a_failed_run_is_logged_and_posted_to_the_webhook(
     finally:
         server.shutdown()
     [message] = Hook.received
+    return message
+
+
+def test_a_failed_run_is_posted_naming_the_asset_partition_and_file(
+    lepton_home: Path,
+    landing: ArtifactStore,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    landing.write_bytes("2025-06-01/broken.parquet", b"PAR1 not parquet")
+    failed = dg.materialize(
+        [raw_batches],
+        resources=resources,
+        instance=instance,
+        partition_key="2025-06-01",
+        raise_on_error=False,
+    )
+    assert not failed.success
+    message = alert_posted_for(failed, instance, monkeypatch)
     alert = message["alert"]
     assert alert["run_id"] == failed.run_id and alert["partition"] == "2025-06-01"
-    assert alert["failed_steps"][0]["step"] == "raw_batches"
-    assert "no landing files for 2025-06-01" in message["text"]
+    [step] = alert["failed_steps"]
+    assert step["asset"] == "raw_batches"
+    assert step["errors"][0].startswith(
+        "dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred"
+    )
+    assert step["errors"][1].startswith(
+        "lepton_assets.ingestion.IngestionError: 2025-06-01/broken.parquet: unreadable"
+    )
+    assert message["text"].startswith(
+        f"Lepton run failed: __ephemeral_asset_job__ [2025-06-01] ({failed.run_id[:8]}): "
+        "raw_batches: lepton_assets.ingestion.IngestionError: 2025-06-01/broken.parquet: "
+        "unreadable"
+    )
+
+
+def test_a_failed_blocking_check_is_posted_with_its_reasons_and_files(
+    lepton_home: Path,
+    landing: ArtifactStore,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    frame = digits_frame().head(20)
+    bad = frame.with_columns(
+        pl.when(pl.int_range(20) < 5).then(99.0).otherwise(pl.col("pixel_03")).alias("pixel_03")
+    )
+    landing.write_bytes("2025-06-01/good.parquet", parquet_bytes(digits_frame()[20:40]))
+    landing.write_bytes("2025-06-01/bad.parquet", parquet_bytes(bad))
+    failed = dg.materialize(
+        [raw_batches, validated_batches],
+        resources=resources,
+        instance=instance,
+        partition_key="2025-06-01",
+        raise_on_error=False,
+    )
+    assert not failed.success
+    alert = alert_posted_for(failed, instance, monkeypatch)["alert"]
+    [check] = alert["failed_checks"]
+    assert check["asset"] == "validated_batches" and check["check"] == "expectation_suite"
+    assert check["rows_per_rule"] == {"expect_column_values_to_be_between(pixel_03)": 5}
+    assert check["files"] == {"2025-06-01/bad.parquet": 5}
+    assert check["reason"] == (
+        "12.5% of rows quarantined > threshold 5.0%; rows per rule "
+        "{'expect_column_values_to_be_between(pixel_03)': 5}; files ['2025-06-01/bad.parquet']"
+    )
+    assert alert["summary"].endswith(
+        "check validated_batches:expectation_suite failed: " + check["reason"]
+    )
 
 
 def test_without_a_webhook_the_alert_is_only_logged(monkeypatch: pytest.MonkeyPatch):
