@@ -6,7 +6,9 @@ CPU: samples/s of the same CNN on the same data (the digits, repeated to ``--row
 with fresh ids) trained by a plain single-process loop, by the Horovod worker with np=1 and
 with np=2; prints Horovod's overhead (np=1 against the plain loop) and the scaling
 efficiency (np=2 against twice np=1). Then the same network given as a user's factory (a
-module outside the package, on ``code_path``) against the built-in one, both np=1. Each
+module outside the package, on ``code_path``) against the built-in one, both np=1, in four
+pairs run in alternating order (medians, and the smallest and largest per-pair ratio as the
+noise band). Each
 process gets its fair share of the cores, as the launcher gives it. The first epoch is
 warm-up and not counted.
 
@@ -15,6 +17,7 @@ and the share of step time spent waiting for the next batch.
 """
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -37,6 +40,7 @@ from lepton_core.train_worker import tensors
 from resources.horovod_launcher import HorovodLauncherResource
 
 BUILTIN_CNN = ModelRef(factory="lepton_core.models:cnn")
+RUNS = itertools.count()
 # The built-in cnn written as a user would, in a module of their own.
 USER_CNN = """
 from torch import nn
@@ -99,7 +103,9 @@ def horovod_run(
     code_path: str | None = None,
 ) -> float:
     """samples/s of the real worker under horovodrun with ``processes`` ranks."""
-    prefix = f"bench/np{processes}-{model.factory.replace(':', '.')}"
+    # A fresh prefix per run: a reused one would resume from the last run's checkpoint and
+    # report that run's history.
+    prefix = f"bench/run{next(RUNS)}-np{processes}-{model.factory.replace(':', '.')}"
     job = {
         **config.model_dump(),
         "model_info": description(store, version, model, code_path),
@@ -204,15 +210,20 @@ def main() -> None:
         code.mkdir()
         (code / "user_cnn.py").write_text(USER_CNN)
         user = ModelRef(factory="user_cnn:build")
-        pairs = [  # alternated, so drift of the machine's load hits both alike
-            (
-                horovod_run(store, version, config, args.epochs, 1, user, str(code)),
-                horovod_run(store, version, config, args.epochs, 1),
-            )
-            for _ in range(3)
-        ]
-    user_rate = sorted(u for u, _ in pairs)[1]
-    builtin_rate = sorted(b for _, b in pairs)[1]
+        pairs = []  # (user, builtin), run in alternating order so drift hits both alike
+        for i in range(4):
+            runs = {
+                "user": lambda: horovod_run(
+                    store, version, config, args.epochs, 1, user, str(code)
+                ),
+                "builtin": lambda: horovod_run(store, version, config, args.epochs, 1),
+            }
+            order = ["user", "builtin"] if i % 2 == 0 else ["builtin", "user"]
+            rates = {name: runs[name]() for name in order}
+            pairs.append((rates["user"], rates["builtin"]))
+    ratios = sorted(u / b for u, b in pairs)
+    user_rate = sorted(u for u, _ in pairs)[len(pairs) // 2]
+    builtin_rate = sorted(b for _, b in pairs)[len(pairs) // 2]
     results = {
         "plain_samples_per_s": round(plain, 1),
         "horovod_np1_samples_per_s": round(one, 1),
@@ -222,6 +233,7 @@ def main() -> None:
         "user_factory_np1_samples_per_s": round(user_rate, 1),
         "builtin_np1_samples_per_s": round(builtin_rate, 1),
         "user_factory_vs_builtin": round(user_rate / builtin_rate, 3),
+        "user_vs_builtin_per_pair_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
     }
     for key, value in results.items():
         print(f"  {key:28s} {value}")
