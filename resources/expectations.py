@@ -125,9 +125,10 @@ def table_failures(result: ExpectationSuiteValidationResult) -> list[str]:
 class ExpectationsResource(dg.ConfigurableResource):
     """Runs a GX expectation suite on a batch and returns GX's validation result.
 
-    ``engine="polars"`` (default) evaluates the expectation types the Polars engine supports
-    as Polars expressions and hands any other type to GX's pandas engine; ``"pandas"`` runs
-    the whole suite on GX's own engine (the reference the Polars path is tested against).
+    ``engine="polars"`` (default) evaluates the expectations the Polars engine's contract
+    covers (``polars_engine.native_reason``) as Polars expressions and hands every other one,
+    whole, to GX's pandas engine; ``"pandas"`` runs the whole suite on GX's own engine (the
+    reference the Polars path is tested against).
     """
 
     engine: Literal["polars", "pandas"] = Field(
@@ -140,7 +141,7 @@ class ExpectationsResource(dg.ConfigurableResource):
         expectations = list(suite.expectations)
 
         def on_polars(e: Any) -> bool:
-            return self.engine == "polars" and e.expectation_type in polars_engine.SUPPORTED
+            return self.engine == "polars" and polars_engine.native_reason(e, frame) is None
 
         fast = [e for e in expectations if on_polars(e)]
         rest = [e for e in expectations if not on_polars(e)]
@@ -186,6 +187,10 @@ def run_with_gx(
         .add_dataframe_asset("batch")
         .add_batch_definition_whole_dataframe("whole")
     )
-    # Positional index 0..n-1, so unexpected_index_list holds row positions.
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+    # The frame as pandas reads the same data from Parquet (pyarrow's conversion: dates stay
+    # dates, integers with nulls become float64), which is what GX sees for a user's files;
+    # Polars' own to_pandas would turn dates into datetimes. Positional index 0..n-1, so
+    # unexpected_index_list holds row positions.
+    dataframe = frame.to_arrow().to_pandas()
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": dataframe})
     return batch.validate(suite, result_format={"result_format": "COMPLETE"})

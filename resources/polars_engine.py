@@ -1,32 +1,157 @@
-"""A Polars execution path for Great Expectations: the same verdicts, at Polars speed.
+"""A Polars execution path for Great Expectations: GX's results, at Polars speed.
 
 GX 1.x has no Polars engine and its pandas engine is slow (DESIGN.md: ~18 s for 1M rows x 130
-expectations, against 0.16 s as Polars expressions). ``evaluate`` computes the expectation
-types below as Polars expressions, all in one parallel pass, and returns GX's own
-``ExpectationValidationResult`` objects with GX's semantics:
+expectations, against 0.16 s as Polars expressions). ``evaluate`` computes the expectations
+below as Polars expressions, all in one parallel pass, and hands the counts and values to
+GX's own result functions (``_format_map_output``, ``_mostly_success``, and the column-set
+comparison), so success, counts, percents and lists are formed exactly as GX forms them.
 
-- a value is *missing* when null or NaN (pandas' ``isnull``); column-map expectations other
-  than not-null skip missing values;
-- ``unexpected_index_list`` holds row positions; ``mostly`` is honoured.
+**The contract.** ``native_reason`` says, per expectation and batch, whether this engine runs
+it. It runs only:
 
-Any other expectation type is left to GX's own engine (see ``ExpectationsResource``). The
-differential tests (tests/test_polars_engine.py) hold the two engines to the same success
-flags and unexpected counts.
+=================================  ======================================================
+type                               keywords; column types
+=================================  ======================================================
+expect_column_values_to_not_be_null  column, mostly; any column type listed below
+expect_column_values_to_be_unique    column, mostly; any column type listed below
+expect_column_values_to_be_in_set    column, value_set, mostly; text with a set of strings,
+                                     integers with integers, floats with numbers, booleans
+                                     with booleans (GX's pandas engine finds no date in a
+                                     set of dates: that case goes to GX)
+expect_column_values_to_be_between   column, min_value, max_value, strict_min, strict_max,
+                                     mostly; Int64 or Float64 with numeric bounds, min <= max
+expect_table_columns_to_match_set    column_set (a list of names), exact_match
+=================================  ======================================================
+
+Column types: Int64, Float64, String, Boolean, Date, Datetime (with or without a time zone;
+only for not-null and unique). An Int64 column with nulls and a value
+beyond 2**53 is not run here: read as pandas reads Parquet (float64), it changes value.
+Anything else (another type or keyword, ``row_condition``, a suite parameter ``{"$PARAMETER":
+…}``, a missing keyword, a missing column, a value set of another type than the column,
+datetimes and time zones) goes to GX's own engine: never dropped, never guessed.
+
+Semantics carried over from GX's pandas engine: a value is *missing* when null or NaN;
+column-map expectations other than not-null skip missing values; ``unexpected_index_list``
+holds row positions. The differential corpus (tests/test_gx_corpus.py) holds both engines to
+the same results.
 """
 
 from typing import Any
 
 import polars as pl
+from great_expectations.constants import MAX_RESULT_RECORDS
 from great_expectations.core import ExpectationValidationResult
-from great_expectations.expectations.expectation import Expectation
+from great_expectations.expectations.core.expect_table_columns_to_match_set import (
+    _validate_result as columns_match_result,
+)
+from great_expectations.expectations.expectation import (
+    Expectation,
+    _format_map_output,
+    _mostly_success,
+)
+from great_expectations.expectations.expectation_configuration import parse_result_format
 
 NOT_NULL = "expect_column_values_to_not_be_null"
 BETWEEN = "expect_column_values_to_be_between"
 IN_SET = "expect_column_values_to_be_in_set"
 UNIQUE = "expect_column_values_to_be_unique"
 COLUMNS_MATCH = "expect_table_columns_to_match_set"
-SUPPORTED = frozenset({NOT_NULL, BETWEEN, IN_SET, UNIQUE, COLUMNS_MATCH})
-PARTIAL = 20  # GX's partial_unexpected_list length
+NATIVE_KWARGS: dict[str, frozenset[str]] = {
+    NOT_NULL: frozenset({"column", "mostly"}),
+    UNIQUE: frozenset({"column", "mostly"}),
+    IN_SET: frozenset({"column", "value_set", "mostly"}),
+    BETWEEN: frozenset({"column", "min_value", "max_value", "strict_min", "strict_max", "mostly"}),
+    COLUMNS_MATCH: frozenset({"column_set", "exact_match"}),
+}
+REQUIRED_KWARGS: dict[str, frozenset[str]] = {
+    COLUMNS_MATCH: frozenset({"column_set"}),
+    IN_SET: frozenset({"column", "value_set"}),
+}
+NATIVE_DTYPES = (pl.Int64, pl.Float64, pl.String, pl.Boolean, pl.Date, pl.Datetime)
+EXACT_FLOAT_INT = 2**53
+RESULT_FORMAT = parse_result_format({"result_format": "COMPLETE"})
+IGNORED_KWARGS = frozenset({"batch_id"})  # GX adds it to every validated configuration
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def native_reason(expectation: Expectation, frame: pl.DataFrame) -> str | None:
+    """Why ``expectation`` goes to GX's engine on ``frame``; None when this engine runs it."""
+    config = expectation.configuration
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in IGNORED_KWARGS}
+    allowed = NATIVE_KWARGS.get(config.type)
+    if allowed is None:
+        return "expectation type"
+    other = sorted(set(kwargs) - allowed)
+    if other:
+        return f"keywords {other}"
+    absent = sorted(REQUIRED_KWARGS.get(config.type, frozenset({"column"})) - set(kwargs))
+    if absent:
+        return f"missing keywords {absent}"
+    if any(isinstance(v, dict) for v in kwargs.values()):
+        return "a suite parameter"
+    mostly = kwargs.get("mostly", 1.0)
+    if not is_number(mostly) or not 0 <= mostly <= 1:
+        return "mostly outside [0, 1]"
+    if config.type == COLUMNS_MATCH:
+        names = kwargs["column_set"]
+        exact = kwargs.get("exact_match", True)
+        ok = isinstance(names, list | set | tuple) and all(isinstance(n, str) for n in names)
+        return None if ok and isinstance(exact, bool) else "column_set or exact_match"
+    return column_reason(config.type, kwargs, frame)
+
+
+def column_reason(kind: str, kwargs: dict[str, Any], frame: pl.DataFrame) -> str | None:
+    column = kwargs["column"]
+    if not isinstance(column, str) or column not in frame.columns:
+        return "column not in the batch"
+    dtype = frame.schema[column]
+    if dtype not in NATIVE_DTYPES:
+        return f"column type {dtype}"
+    if dtype == pl.Int64 and frame[column].null_count():
+        largest = frame.select(pl.col(column).abs().max()).item()
+        if largest is not None and largest > EXACT_FLOAT_INT:
+            return "integers beyond 2**53 with nulls (pandas reads them as float64)"
+    if kind == BETWEEN:
+        return between_reason(dtype, kwargs)
+    if dtype == pl.Datetime and kind != NOT_NULL and kind != UNIQUE:
+        return f"{kind} on a {dtype} column"
+    if kind == IN_SET:
+        return in_set_reason(dtype, kwargs["value_set"])
+    return None
+
+
+def between_reason(dtype: pl.DataType, kwargs: dict[str, Any]) -> str | None:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if dtype not in (pl.Int64, pl.Float64):
+        return f"bounds on a {dtype} column"
+    if low is None and high is None:
+        return "no bounds"
+    if not all(v is None or is_number(v) for v in (low, high)):
+        return "bounds that are not numbers"
+    if low is not None and high is not None and low > high:
+        return "min_value > max_value"
+    if not all(isinstance(kwargs.get(k, False), bool) for k in ("strict_min", "strict_max")):
+        return "strict_min/strict_max not booleans"
+    return None
+
+
+def in_set_reason(dtype: pl.DataType, value_set: Any) -> str | None:
+    if not isinstance(value_set, list | set | tuple):
+        return "value_set not a list"
+    values = list(value_set)
+    if dtype == pl.String and all(isinstance(v, str) for v in values):
+        return None
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if dtype == pl.Int64 and ints and all(abs(v) <= EXACT_FLOAT_INT for v in values):
+        return None
+    if dtype == pl.Float64 and all(is_number(v) for v in values):
+        return None
+    if dtype == pl.Boolean and all(isinstance(v, bool) for v in values):
+        return None
+    return f"a value set of another type than the {dtype} column"
 
 
 def missing(frame: pl.DataFrame, column: str) -> pl.Expr:
@@ -50,25 +175,29 @@ def unexpected(frame: pl.DataFrame, kind: str, kwargs: dict[str, Any]) -> pl.Exp
             outside = outside | ((col >= high) if strict_high else (col > high))
         return ~absent & outside
     if kind == IN_SET:
-        return ~absent & ~col.is_in(list(kwargs["value_set"]))
+        values = list(kwargs["value_set"])
+        allowed = pl.Series(values, dtype=frame.schema[column]).implode()
+        return ~absent & ~col.is_in(allowed)
     if kind == UNIQUE:
-        return ~absent & col.is_duplicated()
+        # pandas' duplicated on the non-missing values; -0.0 and 0.0 are one value there.
+        key = col + 0.0 if frame.schema[column].is_float() else col
+        return ~absent & key.is_duplicated().over(absent)
     raise ValueError(f"{kind} is not a column-map expectation of the Polars engine")
 
 
 def evaluate(
     frame: pl.DataFrame, expectations: list[Expectation]
 ) -> list[ExpectationValidationResult]:
-    """GX results for ``expectations`` (all of ``SUPPORTED`` types) on ``frame``."""
+    """GX results for ``expectations`` (each one ``native_reason`` accepts) on ``frame``."""
     masks: dict[str, pl.Expr] = {}
     for i, expectation in enumerate(expectations):
+        reason = native_reason(expectation, frame)
+        if reason is not None:
+            raise ValueError(f"{expectation.expectation_type} goes to GX's engine: {reason}")
         config = expectation.configuration
-        if config.type not in SUPPORTED:
-            raise ValueError(f"{config.type} is not supported by the Polars engine")
-        column = config.kwargs.get("column")
-        if config.type != COLUMNS_MATCH and column in frame.columns:
+        if config.type != COLUMNS_MATCH:
             masks[f"u{i}"] = unexpected(frame, config.type, config.kwargs)
-            masks[f"m{i}"] = missing(frame, column)
+            masks[f"m{i}"] = missing(frame, config.kwargs["column"])
     evaluated = frame.select(**masks) if masks else pl.DataFrame()
     return [_result(frame, expectation, evaluated, i) for i, expectation in enumerate(expectations)]
 
@@ -79,58 +208,45 @@ def _result(
     config = expectation.configuration
     kwargs = config.kwargs
     if config.type == COLUMNS_MATCH:
-        observed, wanted = set(frame.columns), set(kwargs["column_set"])
-        exact = kwargs.get("exact_match", True)
-        success = observed == wanted if exact else wanted <= observed
-        details: dict[str, Any] = {"observed_value": list(frame.columns)}
-        if not success:
-            details["details"] = {
-                "mismatched": {
-                    "unexpected": sorted(observed - wanted),
-                    "missing": sorted(wanted - observed),
-                }
-            }
-        return ExpectationValidationResult(
-            success=success, expectation_config=config, result=details
+        wanted, observed = set(kwargs["column_set"]), set(frame.columns)
+        out = columns_match_result(
+            observed, wanted, observed - wanted, wanted - observed, kwargs.get("exact_match", True)
         )
-    column = kwargs["column"]
-    if column not in frame.columns:
-        return ExpectationValidationResult(
-            success=False,
-            expectation_config=config,
-            exception_info={
-                "raised_exception": True,
-                "exception_message": f'column "{column}" not found in the batch',
-                "exception_traceback": None,
-            },
-        )
-    mask, absent = evaluated[f"u{i}"], evaluated[f"m{i}"]
-    rows = frame.height
-    missing_count = int(absent.sum())
-    count = int(mask.sum())
-    indices = mask.arg_true().to_list() if count else []
-    values = frame[column].gather(indices).to_list() if count else []
-    # not-null counts against every row; the others against the non-missing rows only.
-    base = rows if config.type == NOT_NULL else rows - missing_count
-    ratio = count / base if base else 0.0
-    mostly = kwargs.get("mostly", 1.0)
-    success = (1.0 - ratio) >= mostly if base else True
-    nonmissing = rows - missing_count
+    else:
+        out = _column_map_output(frame, config.type, kwargs, evaluated[f"u{i}"], evaluated[f"m{i}"])
     return ExpectationValidationResult(
+        success=out["success"], expectation_config=config, result=out["result"]
+    )
+
+
+def _column_map_output(
+    frame: pl.DataFrame, kind: str, kwargs: dict[str, Any], mask: pl.Series, absent: pl.Series
+) -> dict[str, Any]:
+    """GX's ``_validate`` of a column-map expectation, from Polars counts."""
+    column = frame[kwargs["column"]]
+    if column.dtype == pl.Int64 and column.null_count():
+        column = column.cast(pl.Float64)  # what pandas holds for the column
+    total, unexpected_count = frame.height, int(mask.sum())
+    indices = mask.arg_true().to_list()
+    # The first MAX_RESULT_RECORDS unexpected values (GX's cap; the index list is whole), as
+    # pandas holds them (NaN for a null float, NaT for a null datetime), so GX's value counts
+    # come out the same.
+    shown = column.gather(indices[:MAX_RESULT_RECORDS])
+    values = shown.to_arrow().to_pandas().tolist()
+    mostly = kwargs.get("mostly", 1.0)
+    if kind == NOT_NULL:  # GX's own _validate: against every row, no missing counts
+        success = total == 0 or (total - unexpected_count) / total >= mostly
+        nonnull = None
+    else:
+        nonnull = total - int(absent.sum())
+        success = total == 0 or nonnull == 0 or _mostly_success(nonnull, unexpected_count, mostly)
+    return _format_map_output(
+        result_format=RESULT_FORMAT,
         success=success,
-        expectation_config=config,
-        result={
-            "element_count": rows,
-            "unexpected_count": count,
-            "unexpected_percent": 100.0 * ratio,
-            "partial_unexpected_list": values[:PARTIAL],
-            "missing_count": 0 if config.type == NOT_NULL else missing_count,
-            "missing_percent": 0.0
-            if config.type == NOT_NULL or not rows
-            else 100.0 * missing_count / rows,
-            "unexpected_percent_total": 100.0 * count / rows if rows else 0.0,
-            "unexpected_percent_nonmissing": 100.0 * count / nonmissing if nonmissing else 0.0,
-            "unexpected_list": values,
-            "unexpected_index_list": indices,
-        },
+        element_count=total,
+        nonnull_count=nonnull,
+        unexpected_count=unexpected_count,
+        unexpected_list=values,
+        unexpected_index_list=indices,
+        unexpected_index_query=f"df.filter(items={indices}, axis=0)",  # as GX's pandas engine
     )

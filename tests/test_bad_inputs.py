@@ -15,7 +15,7 @@ import yaml
 
 from lepton_assets.definitions import resources
 from lepton_assets.demo import digits_frame
-from lepton_assets.ingestion import raw_batches
+from lepton_assets.ingestion import raw_batches, read_landing_file
 from lepton_assets.validation import validated_batches
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
@@ -255,3 +255,16 @@ def test_whitespace_is_kept_when_the_spec_says_so(
     assert quarantine["_failed_rules"].to_list() == [
         ["parse(pixel_02: Float64)", "expect_column_values_to_not_be_null(pixel_02)"]
     ]
+
+
+def test_csv_reads_the_same_values_on_its_strict_and_its_text_path():
+    """A clean CSV is read with the spec's types directly; one value that needs the text
+    path (here, spaces) must not change any other value, and both match the Parquet file."""
+    strict, _ = read_landing_file("a.csv", csv(GOOD), DIGITS_SPEC)
+    text, _ = read_landing_file(
+        "a.csv", csv(with_values("pixel_02", {1: " 3 "}, pl.String)), DIGITS_SPEC
+    )
+    from_parquet, _ = read_landing_file("a.parquet", parquet(GOOD), DIGITS_SPEC)
+    assert strict.drop("pixel_02").equals(text.drop("pixel_02"))
+    assert strict.drop("_source_file").equals(from_parquet.drop("_source_file"))
+    assert text["pixel_02"][1] == 3.0 and strict.schema == text.schema
