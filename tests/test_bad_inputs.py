@@ -122,6 +122,10 @@ CASES: dict[str, Callable[[], Case]] = {
         {"a.parquet": parquet(GOOD), "copy.parquet": parquet(GOOD)},
         {},
     ),
+    "a file named with markup": lambda: (
+        {"<img src=x onerror=alert(1)>.csv": csv(GOOD)},
+        ("LandingFileError", "unsafe landing file name"),
+    ),
     "a file named with ..": lambda: (
         {"evil..csv": csv(GOOD)},
         ("LandingFileError", "evil..csv: unsafe landing file name"),
