@@ -9,8 +9,7 @@ import dagster as dg
 import polars as pl
 
 from lepton_assets.partitions import daily_partitions_def
-from lepton_core.data import IMAGE_PIXELS
-from lepton_core.images import decode_column
+from lepton_core.images import IMAGE_PIXELS, decode_column
 from lepton_core.keys import raw_key, raw_manifest_key
 from lepton_core.privacy import protect
 from lepton_core.spec import DatasetSpec

@@ -12,15 +12,10 @@ from collections import Counter
 import dagster as dg
 import polars as pl
 
-from lepton_assets.batch_checks import (
-    drift,
-    drift_reference,
-    drift_verdict,
-    ids_in_other_days,
-    unseen_categories,
-)
+from lepton_assets.batch_checks import drift_reference, ids_in_other_days
 from lepton_assets.ingestion import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW, raw_batches
 from lepton_assets.partitions import daily_partitions_def
+from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
 from resources.artifact_store import ArtifactStoreResource
 from resources.expectations import (
@@ -119,12 +114,8 @@ def validated_batches(
     fraction = rejected.height / raw.height if raw.height else 0.0
     passed = not batch_failures and fraction <= spec.quarantine_threshold
     repeated = ids_in_other_days(store, spec, day, clean[spec.id_column])
-    reference = drift_reference(store)
-    measured = (
-        drift(spec, reference[0], clean, reference[1])
-        if reference is not None and clean.height
-        else None
-    )
+    reference = drift_reference(store, spec)
+    measured = drift(spec, reference[0], clean) if reference is not None and clean.height else None
     drifted = drift_verdict(spec, measured) if measured else []
     unseen = unseen_categories(clean, reference[1]) if reference is not None else {}
     if any(unseen.values()):

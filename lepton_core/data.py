@@ -17,16 +17,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import polars_hash as plh
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from lepton_core.keys import dataset_info_key, split_key, validated_key
+from lepton_core.drift import reference_summary
+from lepton_core.images import IMAGE_PIXELS
+from lepton_core.keys import dataset_info_key, drift_reference_key, split_key, validated_key
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "_split"
-IMAGE_PIXELS = "_image_pixels"  # decoded, resized image bytes (uint8, C×H×W) per row
 UNKNOWN = 0  # the categorical index of a value outside the vocabulary (or null)
 
 
@@ -45,24 +47,28 @@ class DatasetInfo(BaseModel):
     classes: list[int] | None
 
 
-def split_of(sample_id: str, val_percent: int = 10, test_percent: int = 10) -> str:
-    """The split of one sample, from a hash of its id alone.
+def split_expr(id_column: str, val_percent: int = 10, test_percent: int = 10) -> pl.Expr:
+    """The split of each sample, from a hash of its id alone: the first 8 bytes of the id's
+    SHA-256, as a big-endian integer, modulo 100 (test below ``test_percent``, then val).
 
     A sample keeps its split forever, whatever other data is added or removed, so no test
-    sample ever leaks into training when the dataset grows.
+    sample ever leaks into training when the dataset grows. Computed as one Polars
+    expression (polars-hash's SHA-256 in Rust), no Python per row; the assignment of every
+    id is the one the earlier per-row ``hashlib`` version gave (pinned by a test).
     """
-    bucket = int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:8], "big") % 100
-    if bucket < test_percent:
-        return "test"
-    if bucket < test_percent + val_percent:
-        return "val"
-    return "train"
+    digest = plh.col(id_column).chash.sha2_256()
+    bucket = digest.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64) % 100
+    return (
+        pl.when(bucket < test_percent)
+        .then(pl.lit("test"))
+        .when(bucket < test_percent + val_percent)
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train"))
+    )
 
 
 def assign_splits(frame: pl.DataFrame, id_column: str) -> pl.DataFrame:
-    return frame.with_columns(
-        pl.col(id_column).map_elements(split_of, return_dtype=pl.String).alias(SPLIT_COLUMN)
-    )
+    return frame.with_columns(split_expr(id_column).alias(SPLIT_COLUMN))
 
 
 def fit_preprocessing(train: pl.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
@@ -215,4 +221,7 @@ def build_dataset(
         "preprocessing": fit_preprocessing(splits["train"], spec),
     }
     store.write_json(dataset_info_key(version), info)
+    vocab = info["preprocessing"]["categorical"]
+    summary = reference_summary(spec, splits["train"], vocab)
+    store.write_json(drift_reference_key(version), summary)
     return version, info

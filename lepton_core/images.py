@@ -14,6 +14,7 @@ from PIL import Image
 
 from lepton_core.spec import ImageSpec
 
+IMAGE_PIXELS = "_image_pixels"  # decoded, resized image bytes (uint8, C×H×W) per row
 SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MODES = {1: "L", 3: "RGB"}
 

@@ -34,6 +34,11 @@ def dataset_prefix(version: str) -> str:
     return f"datasets/{version}"
 
 
+def drift_reference_key(version: str) -> str:
+    """The train split's drift summary (bins and shares), computed once per version."""
+    return f"{dataset_prefix(version)}/drift_reference.json"
+
+
 def dataset_info_key(version: str) -> str:
     return f"{dataset_prefix(version)}/dataset.json"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import polars as pl
 
-from lepton_core.data import IMAGE_PIXELS, encode_inputs
-from lepton_core.images import decode_column
+from lepton_core.data import encode_inputs
+from lepton_core.images import IMAGE_PIXELS, decode_column
 from lepton_core.models import load_model, predict_outputs
 from lepton_core.privacy import check_key, protect
 from lepton_core.registry import current_champion

@@ -7,10 +7,12 @@ import polars as pl
 import pytest
 
 from lepton_assets.definitions import defs
+from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import IngestionError, raw_batches
 from lepton_assets.validation import DRIFT_CHECK, SUITE_CHECK, UNIQUE_CHECK, validated_batches
 from lepton_core.data import build_dataset
-from lepton_core.keys import current_key, raw_key, validated_key
+from lepton_core.drift import drift, reference_summary
+from lepton_core.keys import current_key, raw_key, split_key, validated_key
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 
@@ -165,6 +167,24 @@ def test_a_shifted_day_fails_the_drift_check(seeded, artifacts, instance):
     buf = io.BytesIO()
     shifted.write_parquet(buf)
     seeded.write_bytes("2026-01-03/shifted.parquet", buf.getvalue())
+    # The check reads the summary stored with the dataset, not its train split.
+    artifacts.delete(split_key(version, "train"))
     check = check_named(materialize(instance, "2026-01-03"), DRIFT_CHECK)
     assert not check.passed and check.description is not None
     assert "label PSI" in check.description and "pixel_10=" in check.description
+
+
+def test_drift_against_the_stored_summary_equals_drift_against_the_train_split():
+    """Fixed PSI values, as the earlier version (reading the whole train split) gave them."""
+    frame = digits_frame()
+    train, batch = (
+        frame[:1200],
+        frame[1200:1500].with_columns(
+            (pl.col("pixel_10") * 0.5).alias("pixel_10"),
+            pl.when(pl.col("label") < 3).then(0).otherwise(pl.col("label")).alias("label"),
+        ),
+    )
+    measured = drift(DIGITS_SPEC, reference_summary(DIGITS_SPEC, train, {}), batch)
+    assert measured["label_psi"] == 1.6234
+    assert measured["feature_psi"]["pixel_10"] == 5.5283
+    assert measured["feature_psi"]["pixel_20"] == 0.0648

@@ -12,8 +12,8 @@ from lepton_assets.definitions import resources
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.training import trained_model
 from lepton_assets.validation import validated_batches
-from lepton_core.data import IMAGE_PIXELS
 from lepton_core.evaluate import report_html
+from lepton_core.images import IMAGE_PIXELS
 from lepton_core.keys import quarantine_key, validated_key
 from lepton_core.spec import Project
 from lepton_core.store import ArtifactStore
