@@ -273,6 +273,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Apply (or, with --dry-run, list) the artifact store's retention plan."""
+    from lepton_core.retention import apply_plan, retention_plan
+
+    store = ArtifactStoreResource().get_store()
+    plan = retention_plan(store, keep_last=args.keep_last)
+    verb = "would remove" if args.dry_run else "removing"
+    for entry in sorted(plan.delete, key=lambda e: (e.kind, e.name)):
+        print(f"{verb} {entry.kind} {entry.name} ({len(entry.files)} files, {entry.size} bytes)")
+    if not args.dry_run:
+        apply_plan(store, plan)
+    print(
+        f"gc: {len(plan.delete)} entries, {plan.freed_bytes} bytes "
+        f"{'to free (dry run: nothing removed)' if args.dry_run else 'freed'}; "
+        f"{len(plan.keep)} kept"
+    )
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     prepare_home()
     command = ["dagster", "dev", "-m", "lepton_assets.definitions", "-p", str(args.port)]
@@ -317,6 +336,11 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="Parquet file with the feature columns")
     predict.add_argument("--output", required=True, help="Parquet file to write")
     predict.add_argument("--images", type=Path, help="folder the image paths are relative to")
+    gc = command("gc", cmd_gc, "remove datasets, models and checkpoints nothing needs")
+    gc.add_argument(
+        "--keep-last", type=int, default=3, help="most recent entries of each kind to keep"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     return top

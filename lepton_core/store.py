@@ -12,8 +12,9 @@ import json
 import os
 import posixpath
 import tempfile
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fsspec
 import polars as pl
@@ -158,6 +159,21 @@ class ArtifactStore:
             if not name.startswith(".tmp-"):
                 keys.append(f"{prefix.rstrip('/')}/{name}")
         return sorted(keys)
+
+    def files(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """Every file below ``prefix``, at any depth: key -> (bytes, modified time in epoch
+        seconds; local mtime or the object store's LastModified)."""
+        base = self.path(prefix)
+        self.fs.invalidate_cache(base)
+        if not self.fs.exists(base):
+            return {}
+        found: dict[str, tuple[int, float]] = {}
+        listing = cast(dict[str, dict[str, Any]], self.fs.find(base, detail=True))
+        for path, info in listing.items():
+            stamp = info.get("mtime") or info.get("LastModified") or 0.0
+            seconds = stamp.timestamp() if isinstance(stamp, datetime) else float(stamp)
+            found[path[len(self.root) + 1 :]] = (int(info.get("size") or 0), seconds)
+        return found
 
     def delete(self, key: str) -> None:
         if self.exists(key):

@@ -2,6 +2,9 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -202,3 +205,22 @@ def test_without_a_webhook_the_alert_is_only_logged(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", "file:///etc/passwd")
     with pytest.raises(ValueError, match="must be an http"):
         AlertWebhookResource().post({"summary": "x"})
+
+
+def first_partition_in_a_fresh_process(first_day: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        "from lepton_assets.partitions import daily_partitions_def as p; "
+        "print(p.get_first_partition_key())"
+    )
+    env = {**os.environ, "LEPTON_FIRST_DAY": first_day}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_first_partition_comes_from_the_configuration():
+    done = first_partition_in_a_fresh_process("2025-03-01")
+    assert done.returncode == 0 and done.stdout.strip() == "2025-03-01"
+    done = first_partition_in_a_fresh_process("March 1st")
+    assert done.returncode != 0
+    assert "LEPTON_FIRST_DAY='March 1st' is not a date (YYYY-MM-DD)" in done.stderr

@@ -9,7 +9,8 @@ import pytest
 
 from lepton_assets.cli import main
 from lepton_assets.definitions import defs
-from lepton_core.registry import current_champion
+from lepton_core.models import load_model
+from lepton_core.registry import champion_history, current_champion
 from lepton_core.store import ArtifactStore
 
 from .conftest import DEMO_END
@@ -136,3 +137,12 @@ def latest_evaluation(store: ArtifactStore) -> dict:
 def champion_prefix(store: ArtifactStore) -> str | None:
     champion = current_champion(store)
     return champion["model_prefix"] if champion else None
+
+    # Retention keeps every model the champion history names, and its dataset, so each
+    # rollback target still loads; older checkpoints and job files go.
+    checkpoints_before = len(store.files("checkpoints"))
+    assert main(["gc", "--keep-last", "1"]) == 0
+    assert len(store.files("checkpoints")) < checkpoints_before
+    for record in champion_history(store):
+        load_model(store, record["model_prefix"])
+        assert store.exists(f"datasets/{record['dataset_version']}/test.parquet")

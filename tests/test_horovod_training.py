@@ -9,8 +9,8 @@ import dagster as dg
 import psutil
 import pytest
 
-from lepton_assets.definitions import resources
 from lepton_assets.compression import compressed_model
+from lepton_assets.definitions import resources
 from lepton_assets.training import trained_model
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource, failure_message
