@@ -34,6 +34,13 @@ class LandingZoneResource(dg.ConfigurableResource):
         "file://$LEPTON_HOME/landing",
     )
 
+    sensor_days: int = Field(
+        default=14,
+        ge=1,
+        description="how many of the newest partition days the landing sensor watches; older "
+        "days are ingested with `lepton ingest --day` or a backfill",
+    )
+
     def resolved_uri(self) -> str:
         return setting(self.uri, "LEPTON_LANDING_URI", f"file://{lepton_home() / 'landing'}")
 

@@ -40,16 +40,21 @@ def landing_sensor(
     sha256; a file is hashed again only when its fingerprint moves. A day is requested when
     one of its files is new or its content changed, under a run key made of the day and its
     files' hashes, so a second tick, a re-landed identical file or a lost cursor never
-    starts the same run twice. Days that are not (yet) partitions, such as today, wait."""
+    starts the same run twice. Days that are not (yet) partitions, such as today, wait.
+
+    A tick costs the same with a year of history as with a week: it watches only the newest
+    ``sensor_days`` partition days (their files alone are statted and kept in the cursor);
+    a file landed for an older day is ingested with ``lepton ingest --day`` or a backfill."""
     seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     store = landing.get_store()
-    existing = set(daily_partitions_def.get_partition_keys())
+    first = daily_partitions_def.get_first_partition_key() or ""
+    last = daily_partitions_def.get_last_partition_key() or ""
+    days = [d for d in store.folders() if DAY.match(d)]
+    waiting = [d for d in days if d > last or d < first]
+    watched = [d for d in days if first <= d <= last][-landing.sensor_days :]
     cursor: dict[str, list] = {}
-    requests, waiting = [], []
-    for day in (d for d in store.folders() if DAY.match(d)):
-        if day not in existing:
-            waiting.append(day)
-            continue
+    requests = []
+    for day in watched:
         changed, hashes = False, []
         for key in landing.partition_files(day):
             mark = fingerprint(store.fs.info(store.path(key)))
@@ -62,7 +67,7 @@ def landing_sensor(
             run_key = hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
             requests.append(dg.RunRequest(partition_key=day, run_key=f"{day}:{run_key}"))
     if waiting:
-        context.log.info(f"landing folders that are not partitions yet: {waiting}")
+        context.log.info(f"landing folders that are not partitions: {waiting}")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
 

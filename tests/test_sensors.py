@@ -65,3 +65,18 @@ def test_a_lost_cursor_gives_the_same_run_keys(tmp_path, instance):
     first, _ = tick(instance, landing.uri, None)
     again, _ = tick(instance, landing.uri, None)
     assert [r.run_key for r in again] == [r.run_key for r in first]
+
+
+def test_a_tick_watches_only_the_newest_days_so_its_cost_does_not_grow(tmp_path, instance):
+    landing = ArtifactStore(f"file://{tmp_path / 'landing'}")
+    days = [f"2026-01-{d:02d}" for d in range(1, 21)]
+    for day in days:
+        landing.write_bytes(f"{day}/a.csv", csv_bytes(2))
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"landing": LandingZoneResource(uri=landing.uri, sensor_days=5)},
+    )
+    result = landing_sensor(context)
+    assert isinstance(result, dg.SensorResult) and result.cursor is not None
+    assert [r.partition_key for r in result.run_requests or []] == days[-5:]
+    assert sorted(json.loads(result.cursor)) == [f"{day}/a.csv" for day in days[-5:]]
