@@ -82,7 +82,8 @@ def referenced(store: ArtifactStore) -> set[tuple[str, str]]:
     refs: set[tuple[str, str]] = set()
     records = champion_history(store)
     for record in records:
-        refs.add(("dataset", record["dataset_version"]))
+        if record.get("dataset_version"):
+            refs.add(("dataset", record["dataset_version"]))
         for key in ("model_prefix", "report", "previous"):
             generation = generation_of(record.get(key) or "")
             if generation:

@@ -10,8 +10,8 @@ from typing import Any
 import dagster as dg
 
 from lepton_assets.partitions import daily_partitions_def
-from lepton_core.data import accepted_partitions
 from lepton_core.keys import current_key, dataset_info_key
+from lepton_core.store import ArtifactStore
 from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
@@ -82,33 +82,54 @@ def retraining_sensor(
     context: dg.SensorEvaluationContext,
     artifacts: ArtifactStoreResource,
     retraining: RetrainingPolicyResource,
-) -> dg.SensorResult | dg.SkipReason:
+) -> dg.SensorResult:
     """Compares the validated days whose checks passed with the days (and their content
     hashes) in the current training dataset. The run key is a hash of the validated days and
     their content, the same inputs training_dataset versions, so each dataset version is
-    trained once however often the sensor ticks."""
+    trained once however often the sensor ticks. The cursor remembers each day's manifest by
+    its size and modification time, so a tick rereads only the manifests that changed."""
     store = artifacts.get_store()
-    accepted, _ = accepted_partitions(store)
-    if not accepted:
-        return dg.SkipReason("no validated day has passed its checks yet")
+    manifests = validated_manifests(store, json.loads(context.cursor or "{}"))
+    cursor = json.dumps(manifests, sort_keys=True)
+    inputs = sorted((day, digest) for _, _, day, digest, passed in manifests.values() if passed)
+    if not inputs:
+        return dg.SensorResult(
+            skip_reason="no validated day has passed its checks yet", cursor=cursor
+        )
     trained: set[tuple[str, str]] = set()
     if store.exists(current_key("training_dataset")):
         version = store.read_json(current_key("training_dataset"))["version"]
         info = store.read_json(dataset_info_key(version))
         trained = {tuple(pair) for pair in info["inputs"]}
-    inputs = sorted((m["partition"], m["sha256"]) for m in accepted)
     new = [day for day, digest in inputs if (day, digest) not in trained]
     if len(new) < retraining.min_new_days:
-        return dg.SkipReason(
-            f"{len(new)} new validated day(s); retraining waits for {retraining.min_new_days}"
-        )
+        reason = f"{len(new)} new validated day(s); retraining waits for {retraining.min_new_days}"
+        return dg.SensorResult(skip_reason=reason, cursor=cursor)
     key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
     context.log.info(f"new validated days {new}: requesting training_job")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(run_key=f"retrain:{key}", tags={"lepton/new_days": ",".join(new)})
-        ]
+        ],
+        cursor=cursor,
     )
+
+
+def validated_manifests(store: ArtifactStore, seen: dict[str, list]) -> dict[str, list]:
+    """Each validated day's manifest as [size, mtime, day, sha256, check passed], reread only
+    when its size or modification time moved since ``seen``."""
+    manifests: dict[str, list] = {}
+    for key, (size, modified) in store.files("validated").items():
+        if not key.endswith(".json"):
+            continue
+        before = seen.get(key)
+        if before is not None and before[:2] == [size, modified]:
+            manifests[key] = before
+            continue
+        manifest = store.read_json(key)
+        passed = manifest["check_passed"]
+        manifests[key] = [size, modified, manifest["partition"], manifest["sha256"], passed]
+    return manifests
 
 
 def error_chain(error: Any) -> list[str]:

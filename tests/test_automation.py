@@ -46,40 +46,73 @@ def validate_day(store: ArtifactStore, day: str, rows: range) -> None:
     )
 
 
-def retrain_tick(instance: dg.DagsterInstance, store: ArtifactStore, min_new_days: int = 1):
+def retrain_tick(
+    instance: dg.DagsterInstance, store: ArtifactStore, min_new_days: int = 1, cursor: str = ""
+) -> dg.SensorResult:
     context = dg.build_sensor_context(
         instance=instance,
+        cursor=cursor or None,
         resources={
             "artifacts": resources["artifacts"],
             "retraining": RetrainingPolicyResource(min_new_days=min_new_days),
         },
     )
-    return retraining_sensor(context)
+    result = retraining_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def skipped(result: dg.SensorResult) -> bool:
+    return not result.run_requests and bool(result.skip_reason)
 
 
 def test_retraining_is_requested_once_per_new_dataset_version(
     artifacts: ArtifactStore, instance: dg.DagsterInstance
 ):
-    assert isinstance(retrain_tick(instance, artifacts), dg.SkipReason)
+    assert skipped(retrain_tick(instance, artifacts))
     validate_day(artifacts, "2026-01-01", range(0, 600))
     first = retrain_tick(instance, artifacts)
-    assert isinstance(first, dg.SensorResult) and first.run_requests
-    again = retrain_tick(instance, artifacts)
-    assert isinstance(again, dg.SensorResult) and again.run_requests
+    assert first.run_requests
+    again = retrain_tick(instance, artifacts, cursor=first.cursor or "")
+    assert again.run_requests
     assert again.run_requests[0].run_key == first.run_requests[0].run_key  # deduplicated
 
     manifests = [artifacts.read_json("validated/2026-01-01.json")]
     version, _ = build_dataset(artifacts, DIGITS_SPEC, manifests)
     artifacts.write_json(current_key("training_dataset"), {"version": version})
-    assert isinstance(retrain_tick(instance, artifacts), dg.SkipReason)  # nothing new
+    assert skipped(retrain_tick(instance, artifacts))  # nothing new
 
     validate_day(artifacts, "2026-01-02", range(600, 900))
-    assert isinstance(retrain_tick(instance, artifacts, min_new_days=2), dg.SkipReason)
+    assert skipped(retrain_tick(instance, artifacts, min_new_days=2))
     second = retrain_tick(instance, artifacts)
-    assert isinstance(second, dg.SensorResult) and second.run_requests
+    assert second.run_requests
     request = second.run_requests[0]
     assert request.run_key != first.run_requests[0].run_key
     assert request.tags["lepton/new_days"] == "2026-01-02"
+
+
+def test_a_retraining_tick_rereads_only_the_manifests_that_changed(
+    artifacts: ArtifactStore, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+):
+    for i, day in enumerate(["2026-01-01", "2026-01-02", "2026-01-03"]):
+        validate_day(artifacts, day, range(300 * i, 300 * i + 300))
+    cursor = retrain_tick(instance, artifacts).cursor or ""
+    reads: list[str] = []
+    original = ArtifactStore.read_json
+    monkeypatch.setattr(
+        ArtifactStore, "read_json", lambda self, key: reads.append(key) or original(self, key)
+    )
+    assert retrain_tick(instance, artifacts, cursor=cursor).run_requests
+    assert [k for k in reads if k.startswith("validated/")] == []
+    artifacts.write_json(  # the third day validated again, now rejected
+        "validated/2026-01-03.json",
+        {"partition": "2026-01-03", "rows": 1, "sha256": "x", "check_passed": False},
+    )
+    result = retrain_tick(instance, artifacts, cursor=cursor)
+    assert [k for k in reads if k.startswith("validated/")] == ["validated/2026-01-03.json"]
+    assert result.run_requests and result.run_requests[0].tags["lepton/new_days"] == (
+        "2026-01-01,2026-01-02"
+    )
 
 
 def parquet_bytes(frame: pl.DataFrame) -> bytes:
