@@ -27,7 +27,7 @@ def ids_in_other_days(
             continue
         if not store.read_json(f"validated/{other}.json")["check_passed"]:
             continue
-        theirs = store.read_parquet(key).select(spec.id_column).to_series()
+        theirs = store.read_parquet(key, columns=[spec.id_column]).to_series()
         found += [(i, other) for i in ids.filter(ids.is_in(theirs.implode())).to_list()]
     return sorted(found)
 

@@ -113,8 +113,13 @@ class ArtifactStore:
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 
-    def read_parquet(self, key: str) -> pl.DataFrame:
-        return pl.read_parquet(io.BytesIO(self.read_bytes(key)))
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """A Parquet artifact; with ``columns``, only those are read (from a local store,
+        only their column chunks leave the disk; from an object store, the file is fetched
+        whole and the rest is not decoded)."""
+        if self.is_local:
+            return pl.read_parquet(self.path(key), columns=columns)
+        return pl.read_parquet(io.BytesIO(self.read_bytes(key)), columns=columns)
 
     def sha256(self, key: str) -> str:
         return sha256_bytes(self.read_bytes(key))
