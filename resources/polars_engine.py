@@ -33,7 +33,8 @@ datetimes and time zones) goes to GX's own engine: never dropped, never guessed.
 Semantics carried over from GX's pandas engine: a value is *missing* when null or NaN;
 column-map expectations other than not-null skip missing values; ``unexpected_index_list``
 holds row positions. The differential corpus (tests/test_gx_corpus.py) holds both engines to
-the same results.
+the same results. The three GX result functions imported here are private to GX (leading
+underscore); the corpus is what notices if a GX release changes them.
 """
 
 from typing import Any
