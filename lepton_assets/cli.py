@@ -24,7 +24,6 @@ error does) and the reason.
 import argparse
 import json
 import os
-import re
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -34,10 +33,11 @@ import dagster as dg
 import polars as pl
 
 from lepton_assets.demo import seed_landing
-from lepton_assets.partitions import daily_partitions_def
+from lepton_assets.partitions import landed_days
 from lepton_core.evaluate import headline
 from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
 from lepton_core.registry import current_champion
+from resources.alerts import own_error
 from resources.artifact_store import ArtifactStoreResource, lepton_home
 from resources.landing_zone import LandingZoneResource
 
@@ -49,7 +49,6 @@ concurrency:
   pools:
     default_limit: 1
 """
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # INFO on the console: step logs and epoch metrics, without Dagster's DEBUG event stream.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 STAGES = {
@@ -100,14 +99,8 @@ def failure_reason(result: dg.ExecuteInProcessResult, partition: str | None) -> 
     for event in result.all_events:
         if event.is_step_failure and event.step_key:
             data: Any = event.event_specific_data
-            error = data.error if data else None
-            # Dagster wraps the step's own exception: report that one, by its class name.
-            while (
-                error is not None
-                and error.cause is not None
-                and "dagster" in error.cls_name.lower()
-            ):
-                error = error.cause
+            # Dagster wraps the step's own exception: report that one.
+            error = own_error(data.error if data else None)
             message = error.message.strip() if error is not None else "unknown error"
             return f"{STAGES.get(event.step_key, event.step_key)}{where}: {message}"
     return f"run {result.run_id}{where} failed"
@@ -131,9 +124,8 @@ def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
     """Landed days (that are partitions already) whose files differ from what their last
     ingestion read, by sha256; days never ingested included."""
     store, artifacts = landing.get_store(), ArtifactStoreResource(uri=artifacts_uri).get_store()
-    existing = set(daily_partitions_def.get_partition_keys())
     days = []
-    for day in (d for d in store.folders() if DAY.match(d) and d in existing):
+    for day in landed_days(store.folders())[0]:
         hashes = {store.url(k): store.sha256(k) for k in landing.partition_files(day)}
         key = raw_manifest_key(day)
         if not artifacts.exists(key) or artifacts.read_json(key)["files"] != hashes:

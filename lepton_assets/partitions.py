@@ -6,6 +6,7 @@ setting cannot wait for a run like the others. Unset: 2024-01-01.
 """
 
 import os
+import re
 from datetime import date
 
 import dagster as dg
@@ -27,3 +28,13 @@ def first_day(value: str | None) -> str:
 daily_partitions_def = dg.DailyPartitionsDefinition(
     start_date=first_day(os.environ.get(FIRST_DAY_VARIABLE))
 )
+
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def landed_days(folders: list[str]) -> tuple[list[str], list[str]]:
+    """Of the landing zone's folder names, in their order: the days that are partitions, and
+    the day-named ones that are not (yet), such as today or a date before the first day."""
+    named = [f for f in folders if DAY.match(f)]
+    days = [d for d in named if daily_partitions_def.has_partition_key(d)]
+    return days, [d for d in named if d not in days]

@@ -36,3 +36,22 @@ class AlertWebhookResource(dg.ConfigurableResource):
             if response.status >= 300:
                 raise RuntimeError(f"alert webhook answered HTTP {response.status}")
         return True
+
+
+def own_error(error: Any) -> Any:
+    """Of a chain of Dagster ``SerializableErrorInfo``, the outermost error that is not
+    Dagster's own wrapper: the one that says what broke (an ingestion error names the file;
+    its cause, e.g. Polars' message, does not). The innermost when every one is Dagster's."""
+    while (
+        error is not None
+        and error.cause is not None
+        and "dagster" in (error.cls_name or "").lower()
+    ):
+        error = error.cause
+    return error
+
+
+def first_line(error: Any) -> str:
+    """An error's first message line (at most 500 characters); empty for none."""
+    lines = (error.message or "").strip().splitlines() if error is not None else []
+    return lines[0][:500] if lines else ""

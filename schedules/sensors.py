@@ -3,22 +3,19 @@ alerts when a run fails."""
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
-from lepton_assets.partitions import daily_partitions_def
+from lepton_assets.partitions import landed_days
 from lepton_core.keys import current_key, dataset_info_key
 from lepton_core.store import ArtifactStore
-from resources.alerts import AlertWebhookResource
+from resources.alerts import AlertWebhookResource, first_line, own_error
 from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import ingest_job, training_job
-
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def fingerprint(info: dict) -> list:
@@ -47,11 +44,8 @@ def landing_sensor(
     a file landed for an older day is ingested with ``lepton ingest --day`` or a backfill."""
     seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     store = landing.get_store()
-    first = daily_partitions_def.get_first_partition_key() or ""
-    last = daily_partitions_def.get_last_partition_key() or ""
-    days = [d for d in store.folders() if DAY.match(d)]
-    waiting = [d for d in days if d > last or d < first]
-    watched = [d for d in days if first <= d <= last][-landing.sensor_days :]
+    days, waiting = landed_days(store.folders())
+    watched = days[-landing.sensor_days :]
     cursor: dict[str, list] = {}
     requests = []
     for day in watched:
@@ -137,17 +131,9 @@ def error_chain(error: Any) -> list[str]:
     innermost cause."""
     chain: list[str] = []
     while error is not None:
-        lines = (error.message or "").strip().splitlines()
-        chain.append(lines[0][:500] if lines else "")
+        chain.append(first_line(error))
         error = error.cause
     return chain
-
-
-def user_error(errors: list[str]) -> str:
-    """The outermost error that is not Dagster's own wrapper: the one that says what broke
-    (an ingestion error names the file; its cause, e.g. Polars', does not)."""
-    own = [e for e in errors if not e.startswith("dagster.")]
-    return own[0] if own else (errors[-1] if errors else "")
 
 
 def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
@@ -189,7 +175,7 @@ def failure_alert(
     if checks:
         first = f"check {checks[0]['asset']}:{checks[0]['check']} failed: {checks[0]['reason']}"
     elif steps and steps[0]["errors"]:
-        first = f"{steps[0]['asset']}: {user_error(steps[0]['errors'])}"
+        first = f"{steps[0]['asset']}: {first_line(own_error(failures[0].step_failure_data.error))}"
     else:
         first = "see the run"
     where = f" [{partition}]" if partition else ""
