@@ -8,8 +8,15 @@ from typing import Any
 
 import polars as pl
 
+from lepton_core.data import accepted_partitions
 from lepton_core.drift import reference_summary
-from lepton_core.keys import current_key, dataset_info_key, drift_reference_key, split_key
+from lepton_core.keys import (
+    current_key,
+    dataset_info_key,
+    drift_reference_key,
+    split_key,
+    validated_key,
+)
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 
@@ -21,13 +28,11 @@ def ids_in_other_days(
     already holds. Rejected days do not count: a day refused for repeating another's ids must
     not make that other day fail when it is validated again."""
     found: list[tuple[str, str]] = []
-    for key in store.list("validated"):
-        other = key.rsplit("/", 1)[-1].removesuffix(".parquet")
-        if not key.endswith(".parquet") or other == day:
+    for manifest in accepted_partitions(store)[0]:
+        other = manifest["partition"]
+        if other == day:
             continue
-        if not store.read_json(f"validated/{other}.json")["check_passed"]:
-            continue
-        theirs = store.read_parquet(key, columns=[spec.id_column]).to_series()
+        theirs = store.read_parquet(validated_key(other), columns=[spec.id_column]).to_series()
         found += [(i, other) for i in ids.filter(ids.is_in(theirs.implode())).to_list()]
     return sorted(found)
 
