@@ -113,10 +113,15 @@ def validated_batches(
 
     fraction = rejected.height / raw.height if raw.height else 0.0
     passed = not batch_failures and fraction <= spec.quarantine_threshold
-    repeated = ids_in_other_days(store, spec, day, clean[spec.id_column])
     reference = drift_reference(store, spec)
     measured = drift(spec, reference[0], clean) if reference is not None and clean.height else None
     drifted = drift_verdict(spec, measured) if measured else []
+    index = artifacts.get_id_index()
+    try:
+        accept = passed and not drifted
+        repeated = ids_in_other_days(index, store, spec, day, clean[spec.id_column], accept)
+    finally:
+        index.dispose()
     unseen = unseen_categories(clean, reference[1]) if reference is not None else {}
     if any(unseen.values()):
         context.log.info(f"{day}: values outside the training vocabulary (unknown): {unseen}")

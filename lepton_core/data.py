@@ -1,9 +1,12 @@
 """Datasets: validated days -> a versioned train/val/test dataset -> tensors for a model.
 
-The split of a sample is a hash of its id, so it never changes as days are added. What the
-model needs to read raw values (imputation values, standardization, categorical
-vocabularies) is learned from the train split once, stored in ``dataset.json`` as
-``preprocessing`` and copied into every model's description.
+The split of a sample is a hash of its id, so it never changes as days are added. Each day
+is split once into its own shard (``shards/<day>-<digest>/{train,val,test}.parquet``); a
+dataset version is the list of its days' shards, so a retrain splits only new days and a
+training rank streams row groups of the shards (``streaming``). What the model needs to read
+raw values (imputation values, standardization, categorical vocabularies) is learned from
+the train split once, stored in ``dataset.json`` as ``preprocessing`` and copied into every
+model's description.
 
 A model's ``forward`` takes one tensor per input, in ``DatasetSpec.input_names`` order:
 ``numeric`` float32 [B, n] (nulls as NaN; the model's ``Preprocess`` fills and standardizes
@@ -13,7 +16,8 @@ them), ``categorical`` int64 [B, k] (index 0 is the unknown bucket) and ``image`
 
 import hashlib
 import json
-from typing import Any
+from collections import Counter
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -21,15 +25,23 @@ import polars_hash as plh
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from lepton_core.drift import reference_summary
+from lepton_core.drift import category_summary, image_brightness, numeric_summary, value_counts
 from lepton_core.images import IMAGE_PIXELS
-from lepton_core.keys import dataset_info_key, drift_reference_key, split_key, validated_key
+from lepton_core.keys import (
+    dataset_info_key,
+    drift_reference_key,
+    shard_key,
+    shard_manifest_key,
+    shard_prefix,
+    validated_key,
+)
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "_split"
 UNKNOWN = 0  # the categorical index of a value outside the vocabulary (or null)
+ROW_GROUP_ROWS = 16_384  # rows per Parquet row group of a shard: what a rank reads at once
 
 
 class DatasetInfo(BaseModel):
@@ -71,26 +83,35 @@ def assign_splits(frame: pl.DataFrame, id_column: str) -> pl.DataFrame:
     return frame.with_columns(split_expr(id_column).alias(SPLIT_COLUMN))
 
 
+def numeric_statistics(values: pl.Series, impute: str) -> tuple[float, float, float]:
+    """(fill, mean, std) of one numeric feature's non-null train values. An all-null feature
+    fills 0 with mean 0 and std 1; a constant one gets std 1."""
+    if len(values) == 0:
+        return 0.0, 0.0, 1.0
+    mean = float(cast(float, values.mean()))
+    fill = float(cast(float, values.median())) if impute == "median" else mean
+    std = cast(float | None, values.std())
+    return fill, mean, float(std) if std and std > 1e-8 else 1.0
+
+
+def preprocessing_of(
+    spec: DatasetSpec, numeric: dict[str, pl.Series], vocab: dict[str, list]
+) -> dict[str, Any]:
+    """The ``preprocessing`` record from each numeric feature's non-null train values."""
+    stats = [numeric_statistics(numeric[c], spec.impute) for c in spec.feature_columns]
+    fill, mean, std = ([column[i] for column in stats] for i in range(3))
+    return {
+        "numeric": {"columns": spec.feature_columns, "fill": fill, "mean": mean, "std": std},
+        "categorical": vocab,
+    }
+
+
 def fit_preprocessing(train: pl.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
     """Imputation values, mean and std of numeric features, and categorical vocabularies,
-    all from the train split. A constant feature gets std 1."""
-    numeric = spec.feature_columns
-    stats: dict[str, list[float]] = {"fill": [], "mean": [], "std": []}
-    if numeric:
-        present = train.select(numeric)
-        fill = present.median() if spec.impute == "median" else present.mean()
-        # An all-null column has no statistic: fill 0, mean 0, std 1 (values stay null-free).
-        stats = {
-            "fill": [0.0 if v is None else float(v) for v in fill.row(0)],
-            "mean": [0.0 if m is None else float(m) for m in present.mean().row(0)],
-            "std": [float(s) if s and s > 1e-8 else 1.0 for s in present.std().row(0)],
-        }
-    return {
-        "numeric": {"columns": numeric, **stats},
-        "categorical": {
-            c: sorted(train[c].drop_nulls().unique().to_list()) for c in spec.categorical_columns
-        },
-    }
+    all from the train split (a frame in memory)."""
+    numeric = {c: train[c].drop_nulls() for c in spec.feature_columns}
+    vocab = {c: sorted(train[c].drop_nulls().unique().to_list()) for c in spec.categorical_columns}
+    return preprocessing_of(spec, numeric, vocab)
 
 
 def dataset_description(spec: DatasetSpec, preprocessing: dict[str, Any]) -> DatasetInfo:
@@ -165,15 +186,22 @@ def read_dataset_info(store: ArtifactStore, version: str) -> dict[str, Any]:
     return store.read_json(dataset_info_key(version))
 
 
+def split_keys(info: dict[str, Any], split: str) -> list[str]:
+    """The Parquet files of one split of a dataset version, one per day, in day order."""
+    return [shard_key(prefix, split) for prefix in info["shards"]]
+
+
 def load_split(store: ArtifactStore, version: str, split: str) -> pl.DataFrame:
-    return store.read_parquet(split_key(version, split))
+    """One split whole, in memory (compression and evaluation; ranks stream theirs)."""
+    keys = split_keys(read_dataset_info(store, version), split)
+    return pl.concat([store.read_parquet(k) for k in keys], how="vertical_relaxed")
 
 
 def load_tensors(
     store: ArtifactStore, version: str, split: str
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One split of a dataset version as (model inputs, target): the one loader used by the
-    Horovod worker, compression and evaluation."""
+    """One split of a dataset version as (model inputs, target): the one loader used by
+    compression and evaluation (a training rank streams its part: ``streaming``)."""
     info = read_dataset_info(store, version)
     spec = DatasetSpec.model_validate(info["spec"])
     frame = load_split(store, version, split)
@@ -191,37 +219,94 @@ def accepted_partitions(store: ArtifactStore) -> tuple[list[dict], list[str]]:
     return accepted, [m["partition"] for m in rejected]
 
 
+def write_shard(store: ArtifactStore, spec: DatasetSpec, manifest: dict) -> dict[str, Any]:
+    """One validated day split into train/val/test Parquet files of ``ROW_GROUP_ROWS``-row
+    groups; written once per (day content, spec) and shared by every dataset version that
+    holds the day, so a retrain splits only the days it has not seen."""
+    day = manifest["partition"]
+    fingerprint = json.dumps(
+        {"spec": spec.model_dump(), "sha256": manifest["sha256"]}, sort_keys=True
+    )
+    prefix = shard_prefix(day, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
+    if store.exists(shard_manifest_key(prefix)):
+        return store.read_json(shard_manifest_key(prefix))
+    frame = assign_splits(store.read_parquet(validated_key(day)), spec.id_column)
+    shard: dict[str, Any] = {"prefix": prefix, "partition": day, "rows": {}, "sha256": {}}
+    for split in SPLITS:
+        part = frame.filter(pl.col(SPLIT_COLUMN) == split).drop(SPLIT_COLUMN)
+        key = shard_key(prefix, split)
+        shard["sha256"][split] = store.write_parquet(key, part, row_group_size=ROW_GROUP_ROWS)
+        shard["rows"][split] = part.height
+    store.write_json(shard_manifest_key(prefix), shard)
+    return shard
+
+
+def train_statistics(
+    store: ArtifactStore, spec: DatasetSpec, keys: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(preprocessing, drift reference) of the train split in ``keys``, read one column at a
+    time: a number column's non-null values are held for its median and deciles (8 bytes a
+    row), categories and classes are counted file by file, images reduced to brightness."""
+
+    def numbers(column: str) -> pl.Series:
+        parts = [store.read_parquet(k, columns=[column]).to_series() for k in keys]
+        return pl.concat(parts).drop_nulls()
+
+    def counts(column: str) -> dict[Any, int]:
+        total: Counter = Counter()
+        for key in keys:
+            total.update(value_counts(store.read_parquet(key, columns=[column]).to_series()))
+        return dict(total)
+
+    numeric = {c: numbers(c) for c in spec.feature_columns}
+    summary: dict[str, Any] = {
+        c: numeric_summary(v.to_numpy()) if len(v) else None for c, v in numeric.items()
+    }
+    vocab: dict[str, list] = {}
+    for column in spec.categorical_columns:
+        found = counts(column)
+        vocab[column] = sorted(v for v in found if v is not None)
+        summary[column] = category_summary(vocab[column], found)
+    label = spec.label_column
+    summary[label] = (
+        category_summary(list(spec.classes), counts(label))
+        if spec.classes is not None
+        else numeric_summary(numbers(label).to_numpy())
+    )
+    if spec.image is not None:
+        brightness = [image_brightness(store.read_parquet(k, columns=[IMAGE_PIXELS])) for k in keys]
+        summary[spec.image.column] = numeric_summary(np.concatenate(brightness))
+    return preprocessing_of(spec, numeric, vocab), summary
+
+
 def build_dataset(
     store: ArtifactStore, spec: DatasetSpec, partitions: list[dict]
 ) -> tuple[str, dict]:
-    """Concatenate validated partitions, split, learn preprocessing, write; (version, info)."""
+    """Split each validated day into its shard (days already split are reused), learn
+    preprocessing and the drift reference from the train shards, write; (version, info).
+
+    Memory holds one day, or one numeric column of the train split, at a time."""
     ordered = sorted(partitions, key=lambda m: m["partition"])
     fingerprint = json.dumps(
         {"spec": spec.model_dump(), "parts": [(m["partition"], m["sha256"]) for m in ordered]},
         sort_keys=True,
     )
     version = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    frame = pl.concat([store.read_parquet(validated_key(m["partition"])) for m in ordered])
-    frame = assign_splits(frame.sort(spec.id_column), spec.id_column)
-    splits = {s: frame.filter(pl.col(SPLIT_COLUMN) == s).drop(SPLIT_COLUMN) for s in SPLITS}
-    if any(f.height == 0 for f in splits.values()):
-        raise ValueError(
-            f"dataset {version} has an empty split ({ {s: f.height for s, f in splits.items()} }); "
-            "ingest more partitions"
-        )
-    hashes = {s: store.write_parquet(split_key(version, s), f) for s, f in splits.items()}
+    shards = [write_shard(store, spec, m) for m in ordered]
+    rows = {s: sum(shard["rows"][s] for shard in shards) for s in SPLITS}
+    if not all(rows.values()):
+        raise ValueError(f"dataset {version} has an empty split ({rows}); ingest more partitions")
     info = {
         "version": version,
         "spec": spec.model_dump(),
         "partitions": [m["partition"] for m in ordered],
         # (day, content hash) pairs: what retraining_sensor compares new validated days with.
         "inputs": [[m["partition"], m["sha256"]] for m in ordered],
-        "rows": {s: f.height for s, f in splits.items()},
-        "sha256": hashes,
-        "preprocessing": fit_preprocessing(splits["train"], spec),
+        "shards": [shard["prefix"] for shard in shards],
+        "rows": rows,
     }
+    preprocessing, summary = train_statistics(store, spec, split_keys(info, "train"))
+    info["preprocessing"] = preprocessing
     store.write_json(dataset_info_key(version), info)
-    vocab = info["preprocessing"]["categorical"]
-    summary = reference_summary(spec, splits["train"], vocab)
     store.write_json(drift_reference_key(version), summary)
     return version, info

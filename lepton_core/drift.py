@@ -53,9 +53,7 @@ def category_psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def shares(values: pl.Series, categories: list) -> np.ndarray:
     """Each category's share of ``values``, plus one last share for everything else."""
-    counts = dict(values.value_counts().iter_rows())
-    known = [counts.get(c, 0) for c in categories]
-    return np.array([*known, len(values) - sum(known)]) / max(len(values), 1)
+    return np.asarray(category_summary(categories, value_counts(values))["shares"])
 
 
 def image_brightness(frame: pl.DataFrame) -> np.ndarray:
@@ -81,6 +79,18 @@ def categories_of(spec: DatasetSpec, vocab: dict[str, list], name: str) -> list 
     return vocab.get(name)
 
 
+def category_summary(categories: list, counts: dict[Any, int]) -> dict[str, Any]:
+    """Shares of ``categories`` from value counts (null under None), plus everything else."""
+    total = sum(counts.values())
+    known = [counts.get(c, 0) for c in categories]
+    shares = np.array([*known, total - sum(known)]) / max(total, 1)
+    return {"categories": categories, "shares": shares.tolist()}
+
+
+def value_counts(values: pl.Series) -> dict[Any, int]:
+    return dict(values.value_counts().iter_rows())
+
+
 def reference_summary(
     spec: DatasetSpec, train: pl.DataFrame, vocab: dict[str, list]
 ) -> dict[str, Any]:
@@ -90,10 +100,7 @@ def reference_summary(
     for name, values in measured_values(spec, train).items():
         categories = categories_of(spec, vocab, name)
         if categories is not None:
-            summary[name] = {
-                "categories": categories,
-                "shares": shares(values, categories).tolist(),
-            }
+            summary[name] = category_summary(categories, value_counts(values))
         else:
             summary[name] = numeric_summary(values.to_numpy()) if len(values) else None
     return summary

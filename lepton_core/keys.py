@@ -43,5 +43,16 @@ def dataset_info_key(version: str) -> str:
     return f"{dataset_prefix(version)}/dataset.json"
 
 
-def split_key(version: str, split: str) -> str:
-    return f"{dataset_prefix(version)}/{split}.parquet"
+def shard_prefix(day: str, digest: str) -> str:
+    """One validated day split into train/val/test, shared by every dataset version that
+    holds that day's content under the same spec (``digest`` hashes both)."""
+    return f"shards/{day}-{digest}"
+
+
+def shard_key(prefix: str, split: str) -> str:
+    return f"{prefix}/{split}.parquet"
+
+
+def shard_manifest_key(prefix: str) -> str:
+    """Rows and sha256 per split; written last, so its presence means the shard is whole."""
+    return f"{prefix}/shard.json"

@@ -14,12 +14,15 @@ compressed variants, an evaluation report, checkpoints and a job file per run. T
 Kinds of entries: a dataset version (``datasets/<version>/``); a model generation, one
 training run's model with its compressed variants and report (``models/<g>/``,
 ``compressed/<g>/``, ``reports/<g>/``, where ``<g>`` is ``<dataset version>-<run>``); a
-checkpoint lineage (``checkpoints/<version>/<run>/``); a run's job file (``runs/<run>/``).
-A kept model generation keeps its dataset version. ``lepton gc --dry-run`` lists the plan.
+checkpoint lineage (``checkpoints/<version>/<run>/``); a run's job file (``runs/<run>/``);
+a day's split shard (``shards/<day>-<digest>/``). A kept model generation keeps its dataset
+version, and a kept dataset version the shards it lists; a shard is kept for no other
+reason. ``lepton gc --dry-run`` lists the plan.
 """
 
 from dataclasses import dataclass, field
 
+from lepton_core.keys import dataset_info_key
 from lepton_core.registry import champion_history
 from lepton_core.store import ArtifactStore
 
@@ -30,7 +33,9 @@ KINDS = {
     "generation": (GENERATION_FOLDERS, 1),
     "checkpoint": (("checkpoints",), 2),
     "run": (("runs",), 1),
+    "shard": (("shards",), 1),
 }
+RECENT_KINDS = ("dataset", "generation", "checkpoint", "run")  # keep_last applies to these
 
 
 @dataclass
@@ -99,19 +104,31 @@ def referenced(store: ArtifactStore) -> set[tuple[str, str]]:
     return refs
 
 
+def shards_of(store: ArtifactStore, versions: set[str]) -> set[tuple[str, str]]:
+    """The day shards the dataset versions list (a version without its dataset.json, e.g.
+    a build that stopped half way, lists none)."""
+    found: set[tuple[str, str]] = set()
+    for version in versions:
+        if store.exists(dataset_info_key(version)):
+            prefixes = store.read_json(dataset_info_key(version)).get("shards", [])
+            found |= {("shard", prefix.split("/", 1)[1]) for prefix in prefixes}
+    return found
+
+
 def retention_plan(store: ArtifactStore, keep_last: int = 3) -> Plan:
     """Which entries stay and which go, by the policy in this module's docstring."""
     if keep_last < 1:
         raise ValueError("keep_last must be at least 1: the newest of each kind always stays")
     everything = entries(store)
     keep = referenced(store)
-    for kind in KINDS:
+    for kind in RECENT_KINDS:
         mine = sorted((e for e in everything if e.kind == kind), key=lambda e: -e.newest)
         keep |= {(e.kind, e.name) for e in mine[:keep_last]}
     # A kept model generation "<version>-<run>" keeps the dataset version it was trained on.
     keep |= {
         ("dataset", name.rsplit("-", 1)[0]) for kind, name in set(keep) if kind == "generation"
     }
+    keep |= shards_of(store, {name for kind, name in keep if kind == "dataset"})
     stays = [e for e in everything if (e.kind, e.name) in keep]
     goes = [e for e in everything if (e.kind, e.name) not in keep]
     return Plan(keep=stays, delete=goes)

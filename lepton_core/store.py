@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import fsspec
 import polars as pl
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -89,11 +90,11 @@ class ArtifactStore:
     def write_json(self, key: str, obj: Any) -> str:
         return self.write_text(key, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-    def write_parquet(self, key: str, df: pl.DataFrame) -> str:
+    def write_parquet(self, key: str, df: pl.DataFrame, row_group_size: int | None = None) -> str:
         buf = io.BytesIO()
         # No statistics-free or time-dependent metadata: the same frame gives the same bytes,
         # so a rerun of a partition is byte-identical.
-        df.write_parquet(buf, compression="zstd")
+        df.write_parquet(buf, compression="zstd", row_group_size=row_group_size)
         return self.write_bytes(key, buf.getvalue())
 
     def copy_in(self, key: str, local_file: str | Path) -> str:
@@ -120,6 +121,13 @@ class ArtifactStore:
         if self.is_local:
             return pl.read_parquet(self.path(key), columns=columns)
         return pl.read_parquet(io.BytesIO(self.read_bytes(key)), columns=columns)
+
+    def parquet_file(self, key: str) -> pq.ParquetFile:
+        """A Parquet artifact opened for reading one row group at a time (on an object store,
+        each row group is fetched by range)."""
+        if self.is_local:
+            return pq.ParquetFile(self.path(key))
+        return pq.ParquetFile(self.fs.open(self.path(key), "rb"))
 
     def sha256(self, key: str) -> str:
         return sha256_bytes(self.read_bytes(key))

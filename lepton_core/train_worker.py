@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 import random
+import resource
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,21 +32,21 @@ import horovod.torch as hvd
 import torch
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dagster_pipes
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 
-from lepton_core.data import load_tensors
+from lepton_core.data import read_dataset_info
 from lepton_core.models import build_model, save_model, torch_bytes
 from lepton_core.store import ArtifactStore
+from lepton_core.streaming import ShardStream
 from lepton_core.tasks import Loss, Task, task_of
 from lepton_core.usercode import resolve
 
 MIN_IMPROVEMENT = 1e-4
 
 
-def tensors(store: ArtifactStore, version: str, split: str) -> TensorDataset:
-    inputs, target = load_tensors(store, version, split)
-    return TensorDataset(*inputs, target)
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -139,8 +140,7 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
 
-        self.train_set = tensors(store, job["dataset_version"], "train")
-        self.val_set = tensors(store, job["dataset_version"], "val")
+        self.dataset = read_dataset_info(store, job["dataset_version"])
         self.model = build_model(self.model_info)
         self.model.to(self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["amp"])
@@ -212,27 +212,27 @@ class Trainer:
             compression=compression,
         )
 
-    def loaders(self) -> tuple[DataLoader, DataLoader, DistributedSampler]:
-        # Horovod: each rank reads its own shard; set_epoch reshuffles it every epoch.
-        # Built per call so an elastic reset picks up the new size and rank.
-        train_sampler = DistributedSampler(
-            self.train_set,
-            num_replicas=hvd.size(),
-            rank=hvd.rank(),
-            shuffle=True,
-            seed=self.job["seed"],
-        )
-        val_sampler = DistributedSampler(
-            self.val_set, num_replicas=hvd.size(), rank=hvd.rank(), shuffle=False
-        )
-        train = DataLoader(
-            self.train_set,
-            batch_size=self.job["batch_size"],
-            sampler=train_sampler,
-            pin_memory=self.cuda,
-        )
-        val = DataLoader(self.val_set, batch_size=256, sampler=val_sampler, pin_memory=self.cuda)
-        return train, val, train_sampler
+    def loaders(self) -> tuple[DataLoader, DataLoader, ShardStream]:
+        # Horovod: each rank streams its own part of the split's row groups (never the whole
+        # split); set_epoch reshuffles them. Built per call so an elastic reset picks up the
+        # new size and rank.
+        def stream(split: str, batch_size: int, shuffle: bool) -> ShardStream:
+            return ShardStream(
+                self.store,
+                self.dataset,
+                split,
+                batch_size,
+                hvd.rank(),
+                hvd.size(),
+                shuffle=shuffle,
+                seed=self.job["seed"],
+            )
+
+        train_stream = stream("train", self.job["batch_size"], shuffle=True)
+        # batch_size=None: the stream yields whole batches.
+        train = DataLoader(train_stream, batch_size=None, pin_memory=self.cuda)
+        val = DataLoader(stream("val", 256, shuffle=False), batch_size=None, pin_memory=self.cuda)
+        return train, val, train_stream
 
     def train_epoch(self, loader: DataLoader) -> tuple[float, float]:
         """One pass over this rank's shard; (mean loss over all ranks, samples/s of the job)."""
@@ -262,7 +262,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         # Horovod: average the loss and add up throughput over all ranks.
         totals = hvd.allreduce(
-            torch.tensor([loss_sum, seen, seen / seconds], dtype=torch.float64),
+            torch.tensor([loss_sum, seen, seen / max(seconds, 1e-9)], dtype=torch.float64),
             op=hvd.Sum,
             name="train_totals",
         )
@@ -270,16 +270,18 @@ class Trainer:
 
     def run(self, commit: Any = None) -> None:
         """Epochs from the one after the last completed, until done or stopped early."""
-        train_loader, val_loader, train_sampler = self.loaders()
+        train_loader, val_loader, train_stream = self.loaders()
         patience = self.job["patience"]
         while self.epoch < self.job["epochs"]:
             # Horovod: a different shuffle of the shards every epoch.
-            train_sampler.set_epoch(self.epoch)
+            train_stream.set_epoch(self.epoch)
             train_loss, throughput = self.train_epoch(train_loader)
             val_loss, val_metric = evaluate(
                 self.model, val_loader, self.device, self.loss_fn, self.task
             )
             self.epoch += 1
+            # Horovod: every rank's peak memory, so growth with the data shows per rank.
+            rss = hvd.allgather_object(round(peak_rss_mb(), 1), name="peak_rss")
             self.history.append(
                 {
                     "epoch": self.epoch,
@@ -287,6 +289,7 @@ class Trainer:
                     "val_loss": round(val_loss, 5),
                     self.task.metric: round(val_metric, 5),
                     "samples_per_s": round(throughput, 1),
+                    "rank_peak_rss_mb": rss,
                 }
             )
             if val_loss < self.best["val_loss"] - MIN_IMPROVEMENT:

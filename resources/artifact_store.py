@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from lepton_core.id_index import IdIndex
 from lepton_core.store import ArtifactStore
 
 DEFAULT_HOME = ".lepton"
@@ -40,9 +41,30 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         description="fsspec URI of the artifact store; empty: $LEPTON_ARTIFACTS_URI or "
         "file://$LEPTON_HOME/artifacts",
     )
+    id_index_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the sample-id index (PostgreSQL when steps run on "
+        "several machines); empty: $LEPTON_ID_INDEX_URL, else SQLite inside a local store",
+    )
 
     def resolved_uri(self) -> str:
         return setting(self.uri, "LEPTON_ARTIFACTS_URI", f"file://{lepton_home() / 'artifacts'}")
 
     def get_store(self) -> ArtifactStore:
         return ArtifactStore(self.resolved_uri())
+
+    def get_id_index(self) -> IdIndex:
+        """The id index; SQLite under ``index/`` of a local store unless a URL is set. A
+        store on S3 needs a URL every step can reach (a PostgreSQL database)."""
+        url = self.id_index_url or dg.EnvVar("LEPTON_ID_INDEX_URL").get_value() or ""
+        if not url:
+            store = self.get_store()
+            if not store.is_local:
+                raise ValueError(
+                    f"the artifact store {store.uri} is not local: set LEPTON_ID_INDEX_URL to "
+                    "a database every step can reach (e.g. postgresql://host/db)"
+                )
+            path = store.local_path("index/ids.sqlite")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{path}"
+        return IdIndex(url)

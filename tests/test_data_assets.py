@@ -10,9 +10,9 @@ from lepton_assets.definitions import defs
 from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import IngestionError, raw_batches
 from lepton_assets.validation import DRIFT_CHECK, SUITE_CHECK, UNIQUE_CHECK, validated_batches
-from lepton_core.data import build_dataset
+from lepton_core.data import build_dataset, split_keys
 from lepton_core.drift import drift, reference_summary
-from lepton_core.keys import current_key, raw_key, split_key, validated_key
+from lepton_core.keys import current_key, raw_key, validated_key
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 
@@ -154,9 +154,34 @@ def test_an_id_already_in_another_day_fails_the_unique_check(seeded, artifacts, 
     assert check_named(materialize(instance), UNIQUE_CHECK).passed
 
 
+def test_the_id_check_reads_no_earlier_day(seeded, artifacts, instance):
+    """Ids live in the id index: with day 1's validated file gone, day 2's repeat of its
+    ids is still found; the index is SQLite inside the local store."""
+    assert materialize(instance).success
+    artifacts.delete(validated_key(DAY))
+    repeat = seeded.read_parquet(f"{DAY}/batch-a.parquet").head(3)
+    buf = io.BytesIO()
+    repeat.write_csv(buf)
+    seeded.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+    check = check_named(materialize(instance, "2026-01-02"), UNIQUE_CHECK)
+    assert not check.passed and check.metadata["repeated_ids"].value == 3
+    assert artifacts.exists("index/ids.sqlite")
+
+
+def test_days_accepted_before_the_index_existed_are_loaded_into_it(seeded, artifacts, instance):
+    assert materialize(instance).success
+    artifacts.local_path("index/ids.sqlite").unlink()  # as a store made by an older Lepton
+    repeat = seeded.read_parquet(f"{DAY}/batch-a.parquet").head(1)
+    buf = io.BytesIO()
+    repeat.write_csv(buf)
+    seeded.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+    check = check_named(materialize(instance, "2026-01-02"), UNIQUE_CHECK)
+    assert not check.passed and check.metadata["repeated_ids"].value == 1
+
+
 def test_a_shifted_day_fails_the_drift_check(seeded, artifacts, instance):
     assert materialize(instance).success
-    version, _ = build_dataset(
+    version, info = build_dataset(
         artifacts, DIGITS_SPEC, [artifacts.read_json(f"validated/{DAY}.json")]
     )
     artifacts.write_json(current_key("training_dataset"), {"version": version})
@@ -168,7 +193,8 @@ def test_a_shifted_day_fails_the_drift_check(seeded, artifacts, instance):
     shifted.write_parquet(buf)
     seeded.write_bytes("2026-01-03/shifted.parquet", buf.getvalue())
     # The check reads the summary stored with the dataset, not its train split.
-    artifacts.delete(split_key(version, "train"))
+    for key in split_keys(info, "train"):
+        artifacts.delete(key)
     check = check_named(materialize(instance, "2026-01-03"), DRIFT_CHECK)
     assert not check.passed and check.description is not None
     assert "label PSI" in check.description and "pixel_10=" in check.description

@@ -13,12 +13,18 @@ from lepton_core.store import ArtifactStore
 VERSIONS = ["v1", "v2", "v3", "v4", "v5"]  # oldest first
 
 
+def shards(version: str) -> list[str]:
+    return ["shards/d0-x", f"shards/d{version[1]}-x"]
+
+
 def fill(store: ArtifactStore, root: Path) -> None:
     """Five retrains' worth of artifacts, each a minute older than the next."""
     for age, version in enumerate(reversed(VERSIONS)):
         generation = f"{version}-run{version[1]}"
+        # Every version holds day 0's shard and one of its own.
+        store.write_json(f"datasets/{version}/dataset.json", {"shards": shards(version)})
         keys = [
-            f"datasets/{version}/dataset.json",
+            *(f"{prefix}/train.parquet" for prefix in shards(version)),
             f"datasets/{version}/train.parquet",
             f"models/{generation}/model.pt",
             f"compressed/{generation}/int8/model.pt",
@@ -29,7 +35,8 @@ def fill(store: ArtifactStore, root: Path) -> None:
         ]
         for key in keys:
             store.write_bytes(key, b"x" * 10)
-            stamp = 1_700_000_000 - 60 * age
+        stamp = 1_700_000_000 - 60 * age
+        for key in [*keys, f"datasets/{version}/dataset.json"]:
             os.utime(root / key, (stamp, stamp))
     for key in ("raw/2026-01-01.parquet", "validated/2026-01-01.parquet"):
         store.write_bytes(key, b"data")
@@ -64,6 +71,8 @@ def test_the_plan_keeps_the_newest_and_everything_named(
         ("run", "run1"),
         ("run", "run2"),
         ("run", "run3"),
+        ("shard", "d2-x"),
+        ("shard", "d3-x"),
     ]
     generation = next(e for e in plan.delete if e.name == "v2-run2")
     assert sorted(generation.files) == [
@@ -72,8 +81,10 @@ def test_the_plan_keeps_the_newest_and_everything_named(
         "models/v2-run2/model.pt",
         "reports/v2-run2/int8/report.html",
     ]
-    # 2 datasets of 2 files, 2 generations of 4, 3 checkpoints, 3 job files; 10 bytes each
-    assert plan.freed_bytes == 10 * (2 * 2 + 2 * 4 + 3 + 3)
+    # 2 datasets (dataset.json and a file), 2 generations of 4 files, 3 checkpoints, 3 job
+    # files, 2 shards; 10 bytes a file
+    info_bytes = artifacts.files("datasets/v2")["datasets/v2/dataset.json"][0]
+    assert plan.freed_bytes == 2 * info_bytes + 10 * (2 + 2 * 4 + 3 + 3 + 2)
 
 
 def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
@@ -85,7 +96,7 @@ def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
     assert main(["gc", "--keep-last", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would remove generation v2-run2 (4 files, 40 bytes)" in out
-    assert "gc: 10 entries, 180 bytes to free (dry run: nothing removed); " in out
+    assert "gc: 12 entries, 298 bytes to free (dry run: nothing removed); 14 kept" in out
     assert sorted(p for p in root.rglob("*") if p.is_file()) == before
     assert main(["gc", "--keep-last", "2"]) == 0
     assert not artifacts.exists("models/v2-run2/model.pt")
@@ -93,6 +104,9 @@ def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
     assert artifacts.exists("raw/2026-01-01.parquet") and artifacts.exists(
         "datasets/v1/train.parquet"
     )
+    # Day 0's shard is in every kept version; day 2's only in the removed v2.
+    assert artifacts.exists("shards/d0-x/train.parquet")
+    assert not artifacts.exists("shards/d2-x/train.parquet")
     assert main(["gc", "--keep-last", "2"]) == 0
     assert "gc: 0 entries, 0 bytes freed" in capsys.readouterr().out.splitlines()[-1]
 

@@ -1,0 +1,118 @@
+"""A rank's stream over row groups of a split's shards: coverage, equal steps, shuffling,
+bounded reads, and a built dataset split into day shards."""
+
+import polars as pl
+import pytest
+import torch
+
+from lepton_core import data
+from lepton_core.data import build_dataset, load_split, read_dataset_info
+from lepton_core.spec import DatasetSpec
+from lepton_core.store import ArtifactStore
+from lepton_core.streaming import ShardStream
+
+SPEC = DatasetSpec(
+    name="t", id_column="id", label_column="y", task="regression", feature_columns=["x"]
+)
+
+
+def write_days(store: ArtifactStore, days: int, rows: int) -> list[dict]:
+    manifests = []
+    for d in range(days):
+        day = f"2026-01-{d + 1:02d}"
+        ids = [f"{day}-{i}" for i in range(rows)]
+        frame = pl.DataFrame({"id": ids, "x": [float(d * rows + i) for i in range(rows)]})
+        frame = frame.with_columns(pl.col("x").alias("y"))
+        digest = store.write_parquet(f"validated/{day}.parquet", frame)
+        manifests.append({"partition": day, "sha256": digest})
+    return manifests
+
+
+@pytest.fixture
+def dataset(artifacts: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setattr(data, "ROW_GROUP_ROWS", 40)  # many row groups from small days
+    version, _ = build_dataset(artifacts, SPEC, write_days(artifacts, days=3, rows=400))
+    return read_dataset_info(artifacts, version)
+
+
+def values(stream: ShardStream) -> list[float]:
+    return [v for *_, y in stream for v in y.tolist()]
+
+
+def test_each_day_is_one_shard_of_40_row_groups(artifacts: ArtifactStore, dataset: dict):
+    assert [p.split("/")[1][:10] for p in dataset["shards"]] == [
+        "2026-01-01",
+        "2026-01-02",
+        "2026-01-03",
+    ]
+    train = ShardStream(artifacts, dataset, "train", 32, 0, 1, shuffle=False)
+    assert train.rows == dataset["rows"]["train"]
+    assert {rows for *_, rows in train.groups} <= set(range(1, 41))
+
+
+def test_ranks_score_every_row_once_without_shuffle(artifacts: ArtifactStore, dataset: dict):
+    whole = sorted(load_split(artifacts, dataset["version"], "val")["y"].to_list())
+    parts = [ShardStream(artifacts, dataset, "val", 7, r, 3, shuffle=False) for r in range(3)]
+    assert sorted(v for p in parts for v in values(p)) == whole
+
+
+def test_ranks_take_equal_steps_and_together_cover_the_split(
+    artifacts: ArtifactStore, dataset: dict
+):
+    rows = dataset["rows"]["train"]
+    streams = [ShardStream(artifacts, dataset, "train", 16, r, 3, shuffle=True) for r in range(3)]
+    seen = [values(s) for s in streams]
+    steps = [sum(1 for _ in s) for s in streams]
+    assert len(set(steps)) == 1 and steps[0] == len(streams[0])
+    assert all(len(v) == -(-rows // 3) for v in seen)  # ceil: the last rank wraps round
+    everything = [v for part in seen for v in part]
+    assert set(everything) == set(load_split(artifacts, dataset["version"], "train")["y"])
+    assert len(everything) - len(set(everything)) == -(-rows // 3) * 3 - rows
+
+
+def test_the_shuffle_is_seeded_per_epoch(artifacts: ArtifactStore, dataset: dict):
+    stream = ShardStream(artifacts, dataset, "train", 16, 0, 2, shuffle=True, seed=3)
+    first = values(stream)
+    assert values(stream) == first
+    stream.set_epoch(1)
+    second = values(stream)
+    assert second != first
+    again = ShardStream(artifacts, dataset, "train", 16, 0, 2, shuffle=True, seed=3)
+    again.set_epoch(1)
+    assert values(again) == second
+    other_seed = ShardStream(artifacts, dataset, "train", 16, 0, 2, shuffle=True, seed=4)
+    assert values(other_seed) != first
+
+
+def test_a_rank_holds_at_most_its_buffer_of_row_groups(
+    artifacts: ArtifactStore, dataset: dict, monkeypatch: pytest.MonkeyPatch
+):
+    stream = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, buffer_groups=2)
+    held: list[int] = []
+    tensors = stream.tensors
+    monkeypatch.setattr(stream, "tensors", lambda f, c: held.append(f.height) or tensors(f, c))
+    batches = list(stream)
+    assert max(held) <= 2 * 40 and sum(held) == stream.rows
+    assert all(len(b[0]) == 16 for b in batches[:-1])
+    assert isinstance(batches[0][0], torch.Tensor) and batches[0][0].shape[1:] == (1,)
+
+
+def test_a_retrain_splits_only_the_new_days(artifacts: ArtifactStore):
+    days = write_days(artifacts, days=3, rows=200)
+    _, first = build_dataset(artifacts, SPEC, days[:2])
+    before = {k: v for k, v in artifacts.files("shards").items()}
+    _, second = build_dataset(artifacts, SPEC, days)
+    after = artifacts.files("shards")
+    assert second["shards"][:2] == first["shards"]
+    assert {k: after[k] for k in before} == before  # not rewritten
+    assert len(after) - len(before) == 4  # the new day's train/val/test and shard.json
+
+
+def test_statistics_from_shards_equal_those_of_the_whole_train_split(
+    artifacts: ArtifactStore, dataset: dict
+):
+    train = load_split(artifacts, dataset["version"], "train")
+    numeric = dataset["preprocessing"]["numeric"]
+    assert numeric["fill"] == [float(train["x"].median())]
+    assert numeric["mean"][0] == pytest.approx(train["x"].mean(), rel=1e-12)
+    assert numeric["std"][0] == pytest.approx(train["x"].std(), rel=1e-12)
