@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 CHUNK = 5_000  # ids per statement: under SQLite's and PostgreSQL's bound-parameter limits
 
@@ -76,7 +77,7 @@ class IdIndex:
                 if accept and not repeated and mine:
                     conn.execute(sa.insert(ids_table), [{"id": i, "day": day} for i in mine])
                 return repeated
-        except sa.exc.IntegrityError:
+        except IntegrityError:
             # Another day took one of these ids while this one was checked: the day stays out.
             with self.engine.begin() as conn:
                 conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))

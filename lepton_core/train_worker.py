@@ -153,7 +153,7 @@ class Trainer:
         # Any: prepare() swaps in Horovod's DistributedOptimizer, a class made at run time.
         self.optimizer: Any = torch.optim.Adam(self.model.parameters(), lr=job["learning_rate"])
         self.epoch = 0  # epochs completed
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"val_loss": float("inf"), "epoch": 0, "model": None}
         self.bad_epochs = 0
         self.resumed_from = 0
