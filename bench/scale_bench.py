@@ -7,7 +7,9 @@ and validates each day in order through Dagster (``raw_batches`` + ``validated_b
 real assets with their checks), with a training dataset built after the first day so the
 drift check runs every day. Prints the mean seconds per day of the first and the last
 ``--window`` days and their ratio (goal: <= 1.2), then the ``training_dataset`` build time
-over all days and the build's peak RSS (a child process, so the figure is the build's own).
+over all days and the build's peak RSS (a child process, so the figure is the build's own),
+then one epoch of the MLP on ``--processes`` Horovod ranks over the whole dataset: samples/s
+and each rank's peak RSS (the worker reports both).
 """
 
 import argparse
@@ -33,7 +35,7 @@ from lepton_core.data import accepted_partitions, build_dataset
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 store = ArtifactStore(sys.argv[1])
-build_dataset(store, DIGITS_SPEC, accepted_partitions(store)[0])
+print(build_dataset(store, DIGITS_SPEC, accepted_partitions(store)[0])[0])
 """
 
 
@@ -50,17 +52,20 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         os.environ.update(LEPTON_HOME=str(home), DAGSTER_HOME=str(home / "dagster_home"))
         (home / "dagster_home").mkdir()
+        from training_bench import train_job
+
         from lepton_assets.definitions import resources
         from lepton_assets.ingestion import raw_batches
         from lepton_assets.validation import validated_batches
         from lepton_core.data import accepted_partitions, build_dataset
         from lepton_core.keys import current_key
-        from lepton_core.spec import DIGITS_SPEC
+        from lepton_core.spec import DIGITS_SPEC, ModelRef, TrainingSettings
         from lepton_core.store import ArtifactStore
 
         days = [(date(2025, 1, 1) + timedelta(days=d)).isoformat() for d in range(args.days)]
@@ -88,9 +93,20 @@ def main() -> None:
                     )
                     artifacts.write_json(current_key("training_dataset"), {"version": version})
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", BUILD, artifacts.uri], check=True)
+        build = [sys.executable, "-c", BUILD, artifacts.uri]
+        version = subprocess.run(build, check=True, capture_output=True, text=True).stdout.strip()
         build_seconds = time.perf_counter() - started
         build_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        prefix = train_job(
+            artifacts,
+            version,
+            TrainingSettings(batch_size=256),
+            1,
+            args.processes,
+            ModelRef(factory="lepton_core.models:mlp"),
+        )
+        [epoch] = artifacts.read_json(f"{prefix}/history.json")
+        train_rows = artifacts.read_json(f"datasets/{version}/dataset.json")["rows"]["train"]
     first = seconds[1 : 1 + args.window]  # day 1 also pays Dagster's first-run warm-up
     last = seconds[-args.window :]
     results = {
@@ -101,6 +117,10 @@ def main() -> None:
         "last_over_first": round(sum(last) / sum(first), 3),
         "dataset_build_s": round(build_seconds, 2),
         "dataset_build_peak_rss_mb": round(build_rss_mb),
+        "train_rows": train_rows,
+        "training_processes": args.processes,
+        "training_samples_per_s": epoch["samples_per_s"],
+        "rank_peak_rss_mb": epoch["rank_peak_rss_mb"],
     }
     for key, value in results.items():
         print(f"  {key:28s} {value}")

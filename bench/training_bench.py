@@ -105,7 +105,25 @@ def horovod_run(
     threads: int | None = None,
 ) -> float:
     """samples/s of the real worker under horovodrun with ``processes`` ranks, each with
-    ``threads`` intra-op threads (None: the launcher's fair share of the cores)."""
+    ``threads`` intra-op threads (None: the launcher's fair share of the cores), after the
+    first epoch."""
+    prefix = train_job(store, version, config, epochs, processes, model, code_path, threads)
+    rates = [h["samples_per_s"] for h in store.read_json(f"{prefix}/history.json")[1:]]
+    return sum(rates) / len(rates)
+
+
+def train_job(
+    store: ArtifactStore,
+    version: str,
+    config: TrainingSettings,
+    epochs: int,
+    processes: int,
+    model: ModelRef = BUILTIN_CNN,
+    code_path: str | None = None,
+    threads: int | None = None,
+) -> str:
+    """Run the real worker under horovodrun; the output prefix (its history.json has
+    samples/s and every rank's peak RSS per epoch)."""
     # A fresh prefix per run: a reused one would resume from the last run's checkpoint and
     # report that run's history.
     prefix = f"bench/run{next(RUNS)}-np{processes}-{model.factory.replace(':', '.')}"
@@ -134,9 +152,7 @@ def horovod_run(
             env={**os.environ, **launcher.worker_env()},
             stdout=subprocess.DEVNULL,
         )
-    history = store.read_json(f"{prefix}/history.json")
-    rates = [h["samples_per_s"] for h in history[1:]]
-    return sum(rates) / len(rates)
+    return prefix
 
 
 def gpu_resnet(batch_size: int = 256, steps: int = 200) -> dict[str, float]:
