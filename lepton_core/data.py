@@ -95,10 +95,9 @@ def numeric_statistics(values: pl.Series, impute: str) -> tuple[float, float, fl
 
 
 def preprocessing_of(
-    spec: DatasetSpec, numeric: dict[str, pl.Series], vocab: dict[str, list]
+    spec: DatasetSpec, stats: list[tuple[float, float, float]], vocab: dict[str, list]
 ) -> dict[str, Any]:
-    """The ``preprocessing`` record from each numeric feature's non-null train values."""
-    stats = [numeric_statistics(numeric[c], spec.impute) for c in spec.feature_columns]
+    """The ``preprocessing`` record from each numeric feature's ``numeric_statistics``."""
     fill, mean, std = ([column[i] for column in stats] for i in range(3))
     return {
         "numeric": {"columns": spec.feature_columns, "fill": fill, "mean": mean, "std": std},
@@ -109,9 +108,9 @@ def preprocessing_of(
 def fit_preprocessing(train: pl.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
     """Imputation values, mean and std of numeric features, and categorical vocabularies,
     all from the train split (a frame in memory)."""
-    numeric = {c: train[c].drop_nulls() for c in spec.feature_columns}
+    stats = [numeric_statistics(train[c].drop_nulls(), spec.impute) for c in spec.feature_columns]
     vocab = {c: sorted(train[c].drop_nulls().unique().to_list()) for c in spec.categorical_columns}
-    return preprocessing_of(spec, numeric, vocab)
+    return preprocessing_of(spec, stats, vocab)
 
 
 def dataset_description(spec: DatasetSpec, preprocessing: dict[str, Any]) -> DatasetInfo:
@@ -258,10 +257,11 @@ def train_statistics(
             total.update(value_counts(store.read_parquet(key, columns=[column]).to_series()))
         return dict(total)
 
-    numeric = {c: numbers(c) for c in spec.feature_columns}
-    summary: dict[str, Any] = {
-        c: numeric_summary(v.to_numpy()) if len(v) else None for c, v in numeric.items()
-    }
+    stats, summary = [], {}
+    for column in spec.feature_columns:  # one column in memory at a time
+        values = numbers(column)
+        stats.append(numeric_statistics(values, spec.impute))
+        summary[column] = numeric_summary(values.to_numpy()) if len(values) else None
     vocab: dict[str, list] = {}
     for column in spec.categorical_columns:
         found = counts(column)
@@ -276,7 +276,7 @@ def train_statistics(
     if spec.image is not None:
         brightness = [image_brightness(store.read_parquet(k, columns=[IMAGE_PIXELS])) for k in keys]
         summary[spec.image.column] = numeric_summary(np.concatenate(brightness))
-    return preprocessing_of(spec, numeric, vocab), summary
+    return preprocessing_of(spec, stats, vocab), summary
 
 
 def build_dataset(
