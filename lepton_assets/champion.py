@@ -3,8 +3,8 @@
 import dagster as dg
 
 from lepton_assets.evaluation import BLESSED_CHECK, evaluation_report
+from lepton_assets.pointers import upstream
 from lepton_core.evaluate import headline
-from lepton_core.keys import current_key
 from lepton_core.registry import (
     POINTER_KEY,
     champion_history,
@@ -29,7 +29,7 @@ def champion_model(
     re-reads the verdict too, so materializing it alone can never promote an unblessed model.
     """
     store = artifacts.get_store()
-    report_prefix = store.read_json(current_key("evaluation_report"))["prefix"]
+    report_prefix = upstream(store, context, "evaluation_report")[0]["prefix"]
     ev = store.read_json(f"{report_prefix}/evaluation.json")
     if not ev["blessed"]:
         raise ValueError(

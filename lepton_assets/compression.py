@@ -7,9 +7,9 @@ import dagster as dg
 import polars as pl
 
 from lepton_assets.configs import CompressionConfig, effective
+from lepton_assets.pointers import publish, upstream
 from lepton_assets.training import trained_model
 from lepton_core.compress import compress_model
-from lepton_core.keys import current_key
 from resources.artifact_store import ArtifactStoreResource
 from resources.project import ProjectResource
 
@@ -45,17 +45,21 @@ def compressed_model(
     """
     settings = effective(project.get_project().compression, config)
     store = artifacts.get_store()
-    source = store.read_json(current_key("trained_model"))["prefix"]
+    pointer, consumed = upstream(store, context, "trained_model")
+    source = pointer["prefix"]
     result = compress_model(store, source, settings, context.log.info)
     rows, chosen, name = result["rows"], result["chosen"], result["name"]
-    store.write_json(
-        current_key("compressed_model"),
+    publish(
+        store,
+        context,
+        "compressed_model",
         {"prefix": chosen["prefix"], "source": source, "variants": f"compressed/{name}"},
     )
     baseline = rows[0]
     return dg.MaterializeResult(
         metadata={
             "chosen_variant": chosen["variant"],
+            "trained_model_from": f"{source} ({consumed})",
             "objective": settings.objective,
             f"chosen_{result['metric']}": chosen[result["metric"]],
             "size_ratio_vs_fp32": round(chosen["size_bytes"] / baseline["size_bytes"], 3),

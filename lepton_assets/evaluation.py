@@ -8,8 +8,8 @@ import dagster as dg
 
 from lepton_assets.compression import compressed_model
 from lepton_assets.configs import EvaluationConfig, effective
+from lepton_assets.pointers import publish, upstream
 from lepton_core.evaluate import evaluate_candidate, headline
-from lepton_core.keys import current_key
 from resources.artifact_store import ArtifactStoreResource
 from resources.project import ProjectResource
 
@@ -45,10 +45,9 @@ def evaluation_report(
     """
     settings = effective(project.get_project().evaluation, config)
     store = artifacts.get_store()
-    ev, report_prefix = evaluate_candidate(
-        store, store.read_json(current_key("compressed_model")), settings
-    )
-    store.write_json(current_key("evaluation_report"), {"prefix": report_prefix})
+    candidate, consumed = upstream(store, context, "compressed_model")
+    ev, report_prefix = evaluate_candidate(store, candidate, settings)
+    publish(store, context, "evaluation_report", {"prefix": report_prefix})
     broken = ev["broken_rules"]
     metrics = headline(ev)
     context.log.info(f"test {metrics}; blessed={not broken} {broken}")
@@ -57,6 +56,7 @@ def evaluation_report(
         metadata={
             **{f"test_{k}": v for k, v in metrics.items()},
             "task": ev["task"],
+            "candidate_from": f"{candidate['prefix']} ({consumed})",
             "champion_metrics": dg.MetadataValue.json(
                 {k: champion[k] for k in metrics} if champion else {}
             ),

@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 
 from lepton_assets.configs import TrainingConfig, effective
+from lepton_assets.pointers import publish, upstream
 from lepton_assets.validation import validated_batches
 from lepton_core.data import (
     accepted_partitions,
@@ -16,7 +17,7 @@ from lepton_core.data import (
     dataset_description,
     read_dataset_info,
 )
-from lepton_core.keys import current_key, dataset_prefix
+from lepton_core.keys import dataset_prefix
 from lepton_core.models import build_model, check_outputs
 from lepton_core.spec import DatasetSpec, Project
 from lepton_core.usercode import UserCodeError, resolve
@@ -54,7 +55,7 @@ def training_dataset(
     if left_out:
         context.log.warning(f"left out partitions whose validation check failed: {left_out}")
     version, info = build_dataset(store, spec, accepted)
-    store.write_json(current_key("training_dataset"), {"version": version})
+    publish(store, context, "training_dataset", {"version": version})
     vocabularies = {c: len(v) for c, v in info["preprocessing"]["categorical"].items()}
     return dg.MaterializeResult(
         metadata={
@@ -121,7 +122,8 @@ def trained_model(
     re-execution of the run, resumes from the last checkpoint.
     """
     store = artifacts.get_store()
-    version = store.read_json(current_key("training_dataset"))["version"]
+    pointer, consumed = upstream(store, context, "training_dataset")
+    version = pointer["version"]
     user = project.get_project()
     settings = effective(user.training, config)
     info = model_description(user, read_dataset_info(store, version))
@@ -150,5 +152,8 @@ def trained_model(
         module=WORKER_MODULE,
         args=["--artifacts-uri", store.uri, "--job-key", job_key],
     )
-    store.write_json(current_key("trained_model"), {"prefix": prefix})
-    return result
+    publish(store, context, "trained_model", {"prefix": prefix})
+    # The worker reports its metadata; which dataset it was given is the step's to add.
+    return result._replace(
+        metadata={**(result.metadata or {}), "dataset_from": f"{version} ({consumed})"}
+    )

@@ -9,6 +9,11 @@ def current_key(asset_name: str) -> str:
     return f"current/{asset_name}.json"
 
 
+def run_pointer_key(run_id: str, asset_name: str) -> str:
+    """The output of an unpartitioned asset that one run produced (see pointers.py)."""
+    return f"runs/{run_id}/{asset_name}.json"
+
+
 def raw_key(day: str) -> str:
     return f"raw/{day}.parquet"
 

@@ -4,6 +4,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psutil
@@ -11,7 +12,9 @@ import pytest
 
 from lepton_assets.compression import compressed_model
 from lepton_assets.definitions import resources
+from lepton_assets.evaluation import evaluation_report
 from lepton_assets.training import trained_model
+from lepton_core.keys import current_key, run_pointer_key
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource, failure_message
 
@@ -177,3 +180,47 @@ def test_the_same_data_config_and_seed_give_the_same_weights_and_variant(
         )
     assert outcomes[0] == outcomes[1]
     assert outcomes[2][0] != outcomes[0][0]
+
+
+@pytest.mark.slow
+def test_a_run_consumes_its_own_outputs_while_another_run_moves_current(
+    artifacts: ArtifactStore,
+    dataset_version: str,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Run B trains, compresses and evaluates; then run A does the same while, right after
+    each of A's steps, B's output is put back in ``current/`` (as if B finished each step
+    just then). Every step of A still consumes what A produced."""
+    chain = [trained_model, compressed_model, evaluation_report]
+    config = {"ops": {"trained_model": {"config": {"epochs": 1, "patience": 0}}}}
+    assert dg.materialize(chain, resources=resources, instance=instance, run_config=config).success
+    theirs = {a: artifacts.read_json(current_key(a)) for a in ("trained_model", "compressed_model")}
+    write_json = ArtifactStore.write_json
+
+    def meddle(self: ArtifactStore, key: str, obj: Any) -> str:
+        digest = write_json(self, key, obj)
+        asset = key.removeprefix("current/").removesuffix(".json")
+        if key.startswith("current/") and asset in theirs:
+            write_json(self, key, theirs[asset])
+        return digest
+
+    monkeypatch.setattr(ArtifactStore, "write_json", meddle)
+    mine = dg.materialize(chain, resources=resources, instance=instance, run_config=config)
+    monkeypatch.undo()
+    assert mine.success
+    trained = artifacts.read_json(run_pointer_key(mine.run_id, "trained_model"))["prefix"]
+    compressed = artifacts.read_json(run_pointer_key(mine.run_id, "compressed_model"))
+    report = artifacts.read_json(run_pointer_key(mine.run_id, "evaluation_report"))["prefix"]
+    assert trained != theirs["trained_model"]["prefix"]
+    assert compressed["source"] == trained
+    evaluation = artifacts.read_json(f"{report}/evaluation.json")
+    assert evaluation["candidate_model"] == compressed["prefix"]
+    [materialization] = mine.asset_materializations_for_node("compressed_model")
+    assert materialization.metadata["trained_model_from"].value == f"{trained} (run {mine.run_id})"
+    # Materialized alone, a step takes the latest (B's, in current/) and says so.
+    alone = dg.materialize([evaluation_report], resources=resources, instance=instance)
+    [materialization] = alone.asset_materializations_for_node("evaluation_report")
+    assert materialization.metadata["candidate_from"].value == (
+        f"{theirs['compressed_model']['prefix']} (current)"
+    )
