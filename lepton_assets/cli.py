@@ -48,6 +48,12 @@ EMBEDDED_DAGSTER_YAML = """\
 concurrency:
   pools:
     default_limit: 1
+# Run monitoring (needs the daemon): a run whose worker died is marked failed and its pool
+# slots are freed, so a killed training run cannot hold horovod_training for ever.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 30
 """
 # INFO on the console: step logs and epoch metrics, without Dagster's DEBUG event stream.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

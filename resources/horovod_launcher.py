@@ -9,6 +9,8 @@ after ``collective_timeout_s`` and the whole job after ``timeout_s``.
 """
 
 import collections
+import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -17,14 +19,71 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import psutil
 from pydantic import Field
 
 TAIL_LINES = 30
+POLL_S = 5  # how often a running job checks the run's status
+PR_SET_PDEATHSIG = 1
+RUN_MARKER = "LEPTON_HOROVOD_RUN"  # in every rank's environment: the Dagster run id
+WORKDIR_PREFIX = "lepton-horovod-"
+SINGLE_PROCESS_CYCLE_MS = 50
 FAILED_RANK = re.compile(r"Process (\d+) exit with status code (-?\d+)")
+
+
+class RunEndedError(Exception):
+    """The Dagster run ended (canceled, or marked failed) while its Horovod job ran."""
+
+
+def die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGKILL when the parent dies (Linux)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def stop_leftover_ranks(run_id: str) -> int:
+    """Stop this machine's processes that carry the run's marker (ranks and launchers of an
+    earlier attempt); how many there were."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and process.environ().get(RUN_MARKER) == run_id:
+                found.append(process)
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(found, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=10)
+    return len(found)
+
+
+def remove_stale_workdirs() -> None:
+    """Remove work folders whose launching process is gone (it was killed before its own
+    cleanup could run)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        pid = folder.name.removeprefix(WORKDIR_PREFIX).split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_ended(context: dg.AssetExecutionContext | None) -> str | None:
+    """The run's status when it is no longer running (None without a context)."""
+    if context is None:
+        return None
+    run = context.instance.get_run_by_id(context.run.run_id)
+    if run is None or run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING):
+        return None
+    return run.status.value
 
 
 class HorovodJobError(Exception):
@@ -159,18 +218,32 @@ class HorovodLauncherResource(dg.ConfigurableResource):
     def worker_env(self) -> dict[str, str]:
         # A fair share of cores per process: torch's default (all cores each) oversubscribes.
         threads = max(1, (os.cpu_count() or 1) // self.processes_per_host())
-        return {
+        env = {
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": str(threads),
             "HOROVOD_GLOO_TIMEOUT_SECONDS": str(self.collective_timeout_s),
-            **self.extra_env,
         }
+        if self.num_processes == 1 and not self.elastic:
+            # One process has no gradients to negotiate: Horovod's background loop would still
+            # wake every 1 ms and take CPU from training (6 of 6 bench pairs were faster at
+            # 20-50 ms). Only the few per-epoch collectives wait for its tick.
+            env["HOROVOD_CYCLE_TIME"] = str(SINGLE_PROCESS_CYCLE_MS)
+        return {**env, **self.extra_env}
 
     def run_worker(
         self, context: dg.AssetExecutionContext, module: str, args: list[str]
     ) -> dg.MaterializeResult:
-        """Run ``module`` on every rank; returns the materialization rank 0 reported."""
-        with tempfile.TemporaryDirectory(prefix="lepton-horovod-") as tmp:
+        """Run ``module`` on every rank; returns the materialization rank 0 reported.
+
+        Before it starts, ranks that an earlier attempt of the same run left behind are
+        stopped and the work folders of dead launches removed, so a retry never trains beside
+        an orphan."""
+        run_id = context.run.run_id
+        stopped = stop_leftover_ranks(run_id)
+        if stopped:
+            context.log.warning(f"stopped {stopped} processes left by an earlier attempt")
+        remove_stale_workdirs()
+        with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
             workdir = Path(tmp)
             command = self.command(module, args, workdir)
             context.log.info(f"launching: {' '.join(command)}")
@@ -179,8 +252,20 @@ class HorovodLauncherResource(dg.ConfigurableResource):
                 context_injector=dg.PipesTempFileContextInjector(),
                 message_reader=dg.PipesTempFileMessageReader(),
             ) as session:
-                env = {**os.environ, **self.worker_env(), **session.get_bootstrap_env_vars()}
-                self._run(command, env, workdir, context)
+                env = {
+                    **os.environ,
+                    **self.worker_env(),
+                    **session.get_bootstrap_env_vars(),
+                    RUN_MARKER: run_id,
+                }
+                try:
+                    self._run(command, env, workdir, context)
+                    ended = run_ended(context)
+                    if ended:  # it ended while the job finished: report nothing into it
+                        raise RunEndedError(f"the run is {ended}: its model is not recorded")
+                except RunEndedError as exc:
+                    # A canceled or failed run is over: a retry would train for nobody.
+                    raise dg.Failure(description=str(exc), allow_retries=False) from exc
             return dg.PipesClientCompletedInvocation(session).get_materialize_result()
 
     def _run(
@@ -192,7 +277,9 @@ class HorovodLauncherResource(dg.ConfigurableResource):
     ) -> None:
         output: list[str] = []
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        # A new session, so the whole process tree can be stopped on timeout or interrupt.
+        # A new session, so the whole process tree can be stopped on timeout or interrupt;
+        # and horovodrun dies with this process, even by SIGKILL (its middlemen then stop
+        # the ranks).
         process = subprocess.Popen(
             command,
             env=env,
@@ -201,6 +288,7 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
         def pump() -> None:
@@ -214,12 +302,10 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            code = process.wait(timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
+            code = self._wait(process, context)
+        except HorovodJobError:
             self._stop(process)
-            raise HorovodJobError(
-                f"Horovod job exceeded timeout_s={self.timeout_s}s and was stopped"
-            ) from None
+            raise
         except BaseException:
             context.log.info("interrupted: stopping the Horovod job")
             self._stop(process)
@@ -228,6 +314,23 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             reader.join(timeout=10)
         if code != 0:
             raise HorovodJobError(failure_message("".join(output), workdir / "logs", list(tail)))
+
+    def _wait(self, process: subprocess.Popen[str], context: dg.AssetExecutionContext) -> int:
+        """The job's exit code; a HorovodJobError past ``timeout_s`` or once the run has
+        ended (run monitoring marked it failed after its worker died, or it was canceled)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return process.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() > deadline:
+                raise HorovodJobError(
+                    f"Horovod job exceeded timeout_s={self.timeout_s}s and was stopped"
+                )
+            ended = run_ended(context)
+            if ended:
+                raise RunEndedError(f"the run is {ended}: the Horovod job was stopped")
 
     @staticmethod
     def _stop(process: subprocess.Popen[str]) -> None:
