@@ -158,6 +158,12 @@ class HorovodLauncherResource(dg.ConfigurableResource):
     network_interface: str = Field(
         default="", description="network interface(s) for Horovod traffic, e.g. 'eth0'"
     )
+    ssh_port: int = Field(
+        default=0, ge=0, description="SSH port of the other hosts (horovodrun -p); 0: ssh's"
+    )
+    ssh_identity_file: str = Field(
+        default="", description="private key for SSH to the other hosts (horovodrun -i)"
+    )
     start_timeout_s: int = Field(
         default=60, ge=1, description="seconds for all processes to start and connect"
     )
@@ -203,6 +209,10 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         else:
             cmd += ["-H", self.hosts or f"localhost:{self.num_processes}"]
         cmd += ["--start-timeout", str(self.start_timeout_s)]
+        if self.ssh_port:
+            cmd += ["--ssh-port", str(self.ssh_port)]
+        if self.ssh_identity_file:
+            cmd += ["--ssh-identity-file", self.ssh_identity_file]
         if self.num_processes > 1:
             # Horovod 0.28.1's --output-filename fails with one process (log10(0) padding
             # the rank folder names); one process's output is the launcher's own anyway.

@@ -9,7 +9,7 @@
 #      built once with PyTorch + Gloo and cached outside the repo, keyed by the torch and
 #      horovod versions; later runs reuse the cached wheel.
 #   4. the project itself with its dev extras;
-#   5. with --test, the system packages the tests need (Chromium and ChromeDriver).
+#   5. with --test, the system packages the tests need (Chromium and ChromeDriver, sshd, ip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,12 +97,21 @@ log "installing lepton with dev extras"
 pip_install -e '.[dev]'
 
 # --- 5. with --test: what the tests need beyond Python -------------------------------
-# Debian's Chromium and its matching ChromeDriver, for the UI test in a real browser.
-if [ "$WITH_TEST_TOOLS" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
-  command -v apt-get >/dev/null || die "the browser test needs chromium and chromedriver; install them"
-  [ "$(id -u)" = 0 ] || die "installing chromium needs root: sudo apt-get install chromium chromium-driver"
-  log "installing chromium and chromium-driver (Debian packages)"
+# Debian's Chromium and its matching ChromeDriver (the UI test in a real browser), OpenSSH's
+# server and iproute2 (the two-host Horovod test: sshd inside a network namespace). The
+# packages' services are not started by the install where policy-rc.d forbids it (Docker
+# images); the test starts its own sshd on a namespace address.
+missing=""
+command -v chromium >/dev/null || missing="$missing chromium"
+command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+command -v ip >/dev/null || missing="$missing iproute2"
+if [ "$WITH_TEST_TOOLS" = 1 ] && [ -n "$missing" ]; then
+  command -v apt-get >/dev/null || die "the tests need these Debian packages:$missing; install them"
+  [ "$(id -u)" = 0 ] || die "installing them needs root: sudo apt-get install$missing"
+  log "installing$missing (Debian packages)"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  # shellcheck disable=SC2086  # one word per package
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 log "ready: $VENV"
