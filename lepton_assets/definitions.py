@@ -9,6 +9,7 @@ import dagster as dg
 from lepton_assets.champion import champion_model
 from lepton_assets.compression import compressed_model
 from lepton_assets.evaluation import evaluation_report
+from lepton_assets.executors import lepton_executor
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.training import trained_model, training_dataset
 from lepton_assets.validation import validated_batches
@@ -51,4 +52,5 @@ defs = dg.Definitions(
     schedules=[nightly_ingest_schedule],
     sensors=[landing_sensor, retraining_sensor, failure_alert_sensor],
     resources=resources,
+    executor=lepton_executor(),
 )

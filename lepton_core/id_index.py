@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+ATTEMPTS = 3
 CHUNK = 5_000  # ids per statement: under SQLite's and PostgreSQL's bound-parameter limits
 
 metadata = sa.MetaData()
@@ -70,18 +71,20 @@ class IdIndex:
         """Replace ``day``'s ids: (id, other day) for ids another day holds; the day's ids
         go in only when ``accept`` and none is held elsewhere."""
         mine = sorted(set(ids))
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))
-                repeated = self.owners(conn, day, mine)
-                if accept and not repeated and mine:
-                    conn.execute(sa.insert(ids_table), [{"id": i, "day": day} for i in mine])
-                return repeated
-        except IntegrityError:
-            # Another day took one of these ids while this one was checked: the day stays out.
-            with self.engine.begin() as conn:
-                conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))
-                return self.owners(conn, day, mine)
+        for attempt in range(ATTEMPTS):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))
+                    repeated = self.owners(conn, day, mine)
+                    if accept and not repeated and mine:
+                        conn.execute(sa.insert(ids_table), [{"id": i, "day": day} for i in mine])
+                    return repeated
+            except IntegrityError:
+                # A transaction beside this one inserted one of these ids first (another day,
+                # or a second validation of this day); it has committed now: look again.
+                if attempt == ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def days(self) -> dict[str, int]:
         """Each day in the index with its number of ids."""

@@ -9,6 +9,7 @@ import pytest
 
 from lepton_assets.cli import main
 from lepton_assets.definitions import defs
+from lepton_core.data import load_split
 from lepton_core.models import load_model
 from lepton_core.registry import champion_history, current_champion
 from lepton_core.store import ArtifactStore
@@ -79,7 +80,7 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     assert champion_prefix(store) == champion["model_prefix"]
 
     # Predictions come from the (rolled back) champion.
-    test_rows = store.read_parquet(f"datasets/{evaluation['dataset_version']}/test.parquet")
+    test_rows = load_split(store, evaluation["dataset_version"], "test")
     test_rows.drop("label").write_parquet(lepton_home / "in.parquet")
     assert (
         main(
@@ -145,4 +146,4 @@ def champion_prefix(store: ArtifactStore) -> str | None:
     assert len(store.files("checkpoints")) < checkpoints_before
     for record in champion_history(store):
         load_model(store, record["model_prefix"])
-        assert store.exists(f"datasets/{record['dataset_version']}/test.parquet")
+        assert len(load_split(store, record["dataset_version"], "test")) > 0

@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from lepton_core.id_index import CHUNK, IdIndex, redacted
+from resources.artifact_store import ArtifactStoreResource
 
 from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
 
@@ -76,6 +77,25 @@ def test_two_days_validated_at_once_cannot_both_take_an_id(index: IdIndex):
     assert results[loser] == [("shared", sorted(held)[0])]
 
 
+def test_one_day_validated_twice_at_once_keeps_its_ids(index: IdIndex):
+    barrier = threading.Barrier(2)
+    results: list[list] = []
+
+    def claim() -> None:
+        other = IdIndex(index.url)
+        barrier.wait()
+        results.append(other.claim("d1", ["a", "b", "c"], accept=True))
+        other.dispose()
+
+    threads = [threading.Thread(target=claim) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [[], []]
+    assert index.days() == {"d1": 3}
+
+
 def test_a_password_never_appears_in_the_index_repr():
     assert "s3cret" not in redacted("postgresql://lepton:s3cret@db:5432/lepton")
     index = IdIndex("sqlite://")
@@ -88,3 +108,12 @@ def test_the_index_is_one_table_keyed_by_id(tmp_path: Path):
     names = sa.inspect(index.engine).get_pk_constraint("lepton_ids")["constrained_columns"]
     assert names == ["id"]
     index.dispose()
+
+
+def test_a_store_on_s3_needs_an_index_url(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("LEPTON_ID_INDEX_URL", raising=False)
+    resource = ArtifactStoreResource(uri="s3://bucket/artifacts")
+    with pytest.raises(ValueError, match="set LEPTON_ID_INDEX_URL"):
+        resource.get_id_index()
+    monkeypatch.setenv("LEPTON_ID_INDEX_URL", "sqlite://")
+    assert repr(resource.get_id_index()) == "IdIndex(sqlite://)"

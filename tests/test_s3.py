@@ -107,6 +107,9 @@ def test_the_whole_lifecycle_with_landing_and_artifacts_on_s3(
     monkeypatch.setenv("DAGSTER_HOME", str(lepton_home / "dagster_home"))
     monkeypatch.setenv("LEPTON_LANDING_URI", f"s3://{BUCKET}/landing")
     monkeypatch.setenv("LEPTON_ARTIFACTS_URI", f"s3://{BUCKET}/artifacts")
+    # With the store on S3 the id index needs a database of its own (PostgreSQL in
+    # production; a SQLite file is enough for one machine).
+    monkeypatch.setenv("LEPTON_ID_INDEX_URL", f"sqlite:///{lepton_home / 'ids.sqlite'}")
     assert main(["demo", "--days", "7", "--end", "2026-01-07"]) == 0
     assert f"; report s3://{BUCKET}/artifacts/reports/" in capsys.readouterr().out
     artifacts = ArtifactStore(f"s3://{BUCKET}/artifacts")
@@ -115,4 +118,5 @@ def test_the_whole_lifecycle_with_landing_and_artifacts_on_s3(
     report = artifacts.read_json("current/evaluation_report.json")["prefix"]
     assert artifacts.read_json(f"{report}/evaluation.json")["candidate"]["accuracy"] >= 0.95
     assert not (lepton_home / "artifacts").exists()  # nothing fell back to the local store
+    assert (lepton_home / "ids.sqlite").exists()
     assert io.BytesIO(artifacts.read_bytes(f"{report}/report.html")).read(15) == b"<!doctype html>"
