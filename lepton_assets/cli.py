@@ -290,6 +290,16 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """One line per part of the stack: up (what answered) or DOWN (why); 1 if any is down."""
+    from lepton_assets.health import health
+
+    report = health(args.webserver.rstrip("/"))
+    for name, (up, detail) in report.items():
+        print(f"{name:15s} {'up  ' if up else 'DOWN'}  {detail}")
+    return 0 if all(up for up, _ in report.values()) else 1
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     prepare_home()
     command = ["dagster", "dev", "-m", "lepton_assets.definitions", "-p", str(args.port)]
@@ -339,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
         "--keep-last", type=int, default=3, help="most recent entries of each kind to keep"
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    check = command("health", cmd_health, "say which part of a running stack is down")
+    check.add_argument("--webserver", default="http://127.0.0.1:3000", help="its base URL")
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     return top

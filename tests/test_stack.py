@@ -1,0 +1,103 @@
+"""The stack in one command (deploy/up.sh: supervisord running deploy/supervisord.conf on a
+PostgreSQL instance and the local RabbitMQ) and `lepton health`, which names the part that
+is down."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
+from .test_s3 import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def health(env: dict[str, str], port: int) -> subprocess.CompletedProcess:
+    command = [str(BIN / "lepton"), "health", "--webserver", f"http://127.0.0.1:{port}"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
+    throwaway_db: str,  # noqa: F811
+    tmp_path: Path,
+):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEPTON_", "DAGSTER_"))}
+    env |= {
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "DAGSTER_PG_HOST": PG["host"],
+        "DAGSTER_PG_PORT": str(PG["port"]),
+        "DAGSTER_PG_DB": throwaway_db,
+        "DAGSTER_PG_USER": PG["user"],
+        "DAGSTER_PG_PASSWORD": "unused",
+        "LEPTON_HOME": str(tmp_path / "lepton"),
+        "LEPTON_WEB_PORT": str(port),
+        # supervisord's control socket: a short path (a Unix socket path has ~100 bytes)
+        "LEPTON_LOG_DIR": tempfile.mkdtemp(prefix="lepton-stack-"),
+    }
+    subprocess.run(["rabbitmqctl", "purge_queue", "dagster"], capture_output=True)
+    log = (tmp_path / "stack.log").open("w")
+    stack = subprocess.Popen(
+        [str(ROOT / "deploy" / "up.sh")],
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    env["LEPTON_EXECUTOR"] = "celery"  # what up.sh sets for the processes it starts
+    try:
+        deadline = time.monotonic() + 240
+        while (report := health(env, port)).returncode != 0:
+            assert stack.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, report.stdout
+            time.sleep(3)
+        lines = report.stdout.splitlines()
+        assert [line.split()[0] for line in lines][:2] == ["instance", "webserver"]
+        assert all("up" in line.split() for line in lines)
+        assert "PostgresRunStorage" in report.stdout and "worker-" in report.stdout
+
+        # The worker stopped: the stack is unhealthy and health says which part; started
+        # again, all is well.
+        control = [str(BIN / "supervisorctl"), "-c", str(ROOT / "deploy" / "supervisord.conf")]
+        subprocess.run([*control, "stop", "worker"], env=env, check=True, timeout=90)
+        report = health(env, port)
+        assert report.returncode == 1
+        down = [line for line in report.stdout.splitlines() if "DOWN" in line]
+        assert len(down) == 1 and down[0].startswith("celery workers"), report.stdout
+        subprocess.run([*control, "start", "worker"], env=env, check=True, timeout=90)
+        deadline = time.monotonic() + 90
+        while (report := health(env, port)).returncode != 0:
+            assert time.monotonic() < deadline, report.stdout
+            time.sleep(3)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stack.pid, signal.SIGTERM)
+        try:
+            stack.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
+        subprocess.run(["rabbitmqctl", "purge_queue", "dagster"], capture_output=True)
+
+
+def test_the_compose_file_names_every_part_and_holds_no_secret():
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    for part in ("postgres", "rabbitmq", "minio", "code", "webserver", "daemon", "worker"):
+        assert part in services, part
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key or "SECRET" in key:
+                assert str(value).startswith("${"), (name, key)
