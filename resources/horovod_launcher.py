@@ -51,10 +51,16 @@ def die_with_parent() -> None:
 def stop_leftover_ranks(run_id: str) -> int:
     """Stop this machine's processes that carry the run's marker (ranks and launchers of an
     earlier attempt); how many there were."""
+    return stop_processes_with(RUN_MARKER, run_id)
+
+
+def stop_processes_with(variable: str, value: str) -> int:
+    """Stop (TERM, then KILL after 10 s) this machine's other processes whose environment
+    has ``variable=value``; how many there were."""
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if process.pid != os.getpid() and process.environ().get(RUN_MARKER) == run_id:
+            if process.pid != os.getpid() and process.environ().get(variable) == value:
                 found.append(process)
     for process in found:
         with contextlib.suppress(psutil.Error):

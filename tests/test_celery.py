@@ -17,6 +17,7 @@ import pytest
 
 from lepton_assets.demo import seed_landing
 from lepton_core.store import ArtifactStore
+from resources.horovod_launcher import stop_processes_with
 
 from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import BUCKET, s3_endpoint  # noqa: F401  (the fixture)
@@ -104,6 +105,8 @@ def celery_stack(
         yield env
     finally:
         stop(processes)
+        # Run workers the daemon launched leave its process group: find them by home.
+        stop_processes_with("DAGSTER_HOME", str(home))
         subprocess.run(["rabbitmqctl", "purge_queue", queue], capture_output=True)
 
 

@@ -18,6 +18,7 @@ import pytest
 from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
 from lepton_assets.demo import seed_landing
 from lepton_core.store import ArtifactStore
+from resources.horovod_launcher import stop_processes_with
 
 from .test_s3 import free_port
 
@@ -107,6 +108,8 @@ def dagster_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        # And what left the groups (code servers, run workers): found by their home.
+        stop_processes_with("DAGSTER_HOME", str(dagster_home))
 
 
 @pytest.mark.integration

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from resources.horovod_launcher import stop_processes_with
+
 from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import free_port
 
@@ -87,6 +89,7 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
             stack.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(stack.pid, signal.SIGKILL)
+        stop_processes_with("DAGSTER_HOME", env["DAGSTER_HOME"])
         subprocess.run(["rabbitmqctl", "purge_queue", "dagster"], capture_output=True)
 
 
