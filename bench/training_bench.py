@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
@@ -95,20 +96,9 @@ def plain_loop(store: ArtifactStore, version: str, config: TrainingSettings, epo
     return sum(rates[1:]) / len(rates[1:])
 
 
-def horovod_run(
-    store: ArtifactStore,
-    version: str,
-    config: TrainingSettings,
-    epochs: int,
-    processes: int,
-    model: ModelRef = BUILTIN_CNN,
-    code_path: str | None = None,
-    threads: int | None = None,
-) -> float:
-    """samples/s of the real worker under horovodrun with ``processes`` ranks, each with
-    ``threads`` intra-op threads (None: the launcher's fair share of the cores), after the
-    first epoch."""
-    prefix = train_job(store, version, config, epochs, processes, model, code_path, threads)
+def horovod_run(*job: Any, **options: Any) -> float:
+    """samples/s of ``train_job(*job, **options)`` after its first epoch."""
+    store, prefix = job[0], train_job(*job, **options)
     rates = [h["samples_per_s"] for h in store.read_json(f"{prefix}/history.json")[1:]]
     return sum(rates) / len(rates)
 

@@ -19,7 +19,7 @@ from lepton_assets.demo import seed_landing
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import stop_processes_with
 
-from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
+from .test_postgres import PG, instance_env, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import BUCKET, s3_endpoint  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +68,7 @@ def celery_stack(
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     pg = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{throwaway_db}"
     settings = {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_HOST": PG["host"],
-        "DAGSTER_PG_PORT": str(PG["port"]),
-        "DAGSTER_PG_DB": throwaway_db,
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "unused",
+        **instance_env(home, throwaway_db),
         "LEPTON_HOME": str(tmp_path / "lepton"),
         "LEPTON_LANDING_URI": f"s3://{BUCKET}/celery/landing",
         "LEPTON_ARTIFACTS_URI": f"s3://{BUCKET}/celery/artifacts",

@@ -2,7 +2,6 @@
 dropped into the landing zone must lead, with no further action, to a validated partition and
 then a retrained, evaluated and promoted model, checked through Dagster's GraphQL API."""
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 
 from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
 from lepton_assets.demo import seed_landing
+from lepton_assets.health import graphql as webserver_graphql
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import stop_processes_with
 
@@ -33,13 +33,7 @@ query SensorRuns {
 
 
 def graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["data"]
+    return webserver_graphql(f"http://127.0.0.1:{port}", query)
 
 
 def wait_for(condition, seconds: float, what: str):  # noqa: ANN001, ANN201

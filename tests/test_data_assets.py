@@ -31,6 +31,13 @@ def materialize(instance: dg.DagsterInstance, partition_key: str = DAY):
     )
 
 
+def land_repeat(landing: ArtifactStore, rows: int) -> None:
+    """A CSV for 2026-01-02 holding the first ``rows`` rows of DAY again (same ids)."""
+    buf = io.BytesIO()
+    landing.read_parquet(f"{DAY}/batch-a.parquet").head(rows).write_csv(buf)
+    landing.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+
+
 def check_named(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == name]
     return check
@@ -141,10 +148,7 @@ def test_an_unreadable_file_names_the_file(seeded):
 
 def test_an_id_already_in_another_day_fails_the_unique_check(seeded, artifacts, instance):
     assert materialize(instance).success
-    repeat = seeded.read_parquet(f"{DAY}/batch-a.parquet").head(2)
-    buf = io.BytesIO()
-    repeat.write_csv(buf)
-    seeded.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+    land_repeat(seeded, rows=2)
     result = materialize(instance, "2026-01-02")
     check = check_named(result, UNIQUE_CHECK)
     assert not check.passed and check.metadata["repeated_ids"].value == 2
@@ -159,10 +163,7 @@ def test_the_id_check_reads_no_earlier_day(seeded, artifacts, instance):
     ids is still found; the index is SQLite inside the local store."""
     assert materialize(instance).success
     artifacts.delete(validated_key(DAY))
-    repeat = seeded.read_parquet(f"{DAY}/batch-a.parquet").head(3)
-    buf = io.BytesIO()
-    repeat.write_csv(buf)
-    seeded.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+    land_repeat(seeded, rows=3)
     check = check_named(materialize(instance, "2026-01-02"), UNIQUE_CHECK)
     assert not check.passed and check.metadata["repeated_ids"].value == 3
     assert artifacts.exists("index/ids.sqlite")
@@ -171,10 +172,7 @@ def test_the_id_check_reads_no_earlier_day(seeded, artifacts, instance):
 def test_days_accepted_before_the_index_existed_are_loaded_into_it(seeded, artifacts, instance):
     assert materialize(instance).success
     artifacts.local_path("index/ids.sqlite").unlink()  # as a store made by an older Lepton
-    repeat = seeded.read_parquet(f"{DAY}/batch-a.parquet").head(1)
-    buf = io.BytesIO()
-    repeat.write_csv(buf)
-    seeded.write_bytes("2026-01-02/repeat.csv", buf.getvalue())
+    land_repeat(seeded, rows=1)
     check = check_named(materialize(instance, "2026-01-02"), UNIQUE_CHECK)
     assert not check.passed and check.metadata["repeated_ids"].value == 1
 

@@ -32,6 +32,18 @@ def throwaway_db():
     admin(f'DROP DATABASE "{name}"')
 
 
+def instance_env(home: Path, db: str) -> dict[str, str]:
+    """The variables deploy/dagster.yaml reads, for an instance in ``db``."""
+    return {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": PG["host"],
+        "DAGSTER_PG_PORT": str(PG["port"]),
+        "DAGSTER_PG_DB": db,
+        "DAGSTER_PG_USER": PG["user"],
+        "DAGSTER_PG_PASSWORD": "unused",  # trust authentication on loopback
+    }
+
+
 def count(db: str, sql: str) -> int:
     connection = psycopg2.connect(dbname=db, **PG)
     with connection.cursor() as cursor:
@@ -48,14 +60,7 @@ def test_runs_materializations_and_checks_are_stored_in_postgres(
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    for key, value in {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_HOST": PG["host"],
-        "DAGSTER_PG_PORT": str(PG["port"]),
-        "DAGSTER_PG_DB": throwaway_db,
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "unused",
-    }.items():
+    for key, value in instance_env(home, throwaway_db).items():
         monkeypatch.setenv(key, value)
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

@@ -16,7 +16,7 @@ import yaml
 
 from resources.horovod_launcher import stop_processes_with
 
-from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
+from .test_postgres import instance_env, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +37,7 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEPTON_", "DAGSTER_"))}
     env |= {
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "DAGSTER_PG_HOST": PG["host"],
-        "DAGSTER_PG_PORT": str(PG["port"]),
-        "DAGSTER_PG_DB": throwaway_db,
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "unused",
+        **instance_env(tmp_path / "dagster_home", throwaway_db),
         "LEPTON_HOME": str(tmp_path / "lepton"),
         "LEPTON_WEB_PORT": str(port),
         # supervisord's control socket: a short path (a Unix socket path has ~100 bytes)
