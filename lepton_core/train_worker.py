@@ -4,6 +4,9 @@
         --artifacts-uri file:///…/artifacts --job-key runs/<run>/train_job.json
 
 Follows Horovod's canonical PyTorch recipe; every distributed line is marked ``# Horovod:``.
+One departure: instead of a ``DistributedSampler`` over a split held whole, each rank streams
+its own part of the split's Parquet row groups (``streaming.ShardStream``, reshuffled every
+epoch with ``set_epoch``), so a rank's memory does not grow with the data.
 It imports torch, Horovod and Lepton's Dagster-free core only (``dagster_pipes`` is Dagster's
 small standalone protocol package), so a rank starts without Dagster's or GX's imports.
 The model comes from the job's description (factory, kwargs, code_path), the loss from the

@@ -41,11 +41,6 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         description="fsspec URI of the artifact store; empty: $LEPTON_ARTIFACTS_URI or "
         "file://$LEPTON_HOME/artifacts",
     )
-    id_index_url: str = Field(
-        default="",
-        description="SQLAlchemy URL of the sample-id index (PostgreSQL when steps run on "
-        "several machines); empty: $LEPTON_ID_INDEX_URL, else SQLite inside a local store",
-    )
 
     def resolved_uri(self) -> str:
         return setting(self.uri, "LEPTON_ARTIFACTS_URI", f"file://{lepton_home() / 'artifacts'}")
@@ -54,9 +49,10 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         return ArtifactStore(self.resolved_uri())
 
     def get_id_index(self) -> IdIndex:
-        """The id index; SQLite under ``index/`` of a local store unless a URL is set. A
-        store on S3 needs a URL every step can reach (a PostgreSQL database)."""
-        url = self.id_index_url or dg.EnvVar("LEPTON_ID_INDEX_URL").get_value() or ""
+        """The sample-id index at ``LEPTON_ID_INDEX_URL`` (a SQLAlchemy URL; it may hold a
+        password, so it is read from the environment only), else SQLite under ``index/`` of
+        a local store. A store on S3 needs the URL: a database every step can reach."""
+        url = dg.EnvVar("LEPTON_ID_INDEX_URL").get_value() or ""
         if not url:
             store = self.get_store()
             if not store.is_local:
