@@ -27,10 +27,10 @@ LOCATIONS_QUERY = (
 )
 
 
-def graphql(webserver: str, query: str) -> dict:
+def graphql(webserver: str, query: str, variables: dict | None = None) -> dict:
     request = urllib.request.Request(
         f"{webserver}/graphql",
-        data=json.dumps({"query": query}).encode(),
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -40,6 +40,19 @@ class RunEndedError(Exception):
     """The Dagster run ended (canceled, or marked failed) while its Horovod job ran."""
 
 
+def ended_on_purpose(exc: BaseException | None) -> str | None:
+    """Why the job was stopped, when the run was canceled, interrupted or marked failed
+    (anywhere in the exception's chain: a cleanup step may raise an error of its own on top
+    of the interrupt); None for a job that failed by itself."""
+    while exc is not None:
+        if isinstance(exc, RunEndedError):
+            return str(exc)
+        if isinstance(exc, KeyboardInterrupt | dg.DagsterExecutionInterruptedError):
+            return "the run was interrupted (terminated): the Horovod job was stopped"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def die_with_parent() -> None:
     """In the child before exec: the kernel sends SIGKILL when the parent dies (Linux)."""
     if sys.platform == "linux":
@@ -259,6 +272,18 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         if stopped:
             context.log.warning(f"stopped {stopped} processes left by an earlier attempt")
         remove_stale_workdirs()
+        try:
+            return self._launch(context, module, args)
+        except BaseException as exc:
+            reason = ended_on_purpose(exc)
+            if reason is None:
+                raise
+            # A canceled, interrupted or failed run is over: a retry would train for nobody.
+            raise dg.Failure(description=reason, allow_retries=False) from exc
+
+    def _launch(
+        self, context: dg.AssetExecutionContext, module: str, args: list[str]
+    ) -> dg.MaterializeResult:
         with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
             workdir = Path(tmp)
             command = self.command(module, args, workdir)
@@ -272,16 +297,12 @@ class HorovodLauncherResource(dg.ConfigurableResource):
                     **os.environ,
                     **self.worker_env(),
                     **session.get_bootstrap_env_vars(),
-                    RUN_MARKER: run_id,
+                    RUN_MARKER: context.run.run_id,
                 }
-                try:
-                    self._run(command, env, workdir, context)
-                    ended = run_ended(context)
-                    if ended:  # it ended while the job finished: report nothing into it
-                        raise RunEndedError(f"the run is {ended}: its model is not recorded")
-                except RunEndedError as exc:
-                    # A canceled or failed run is over: a retry would train for nobody.
-                    raise dg.Failure(description=str(exc), allow_retries=False) from exc
+                self._run(command, env, workdir, context)
+                ended = run_ended(context)
+                if ended:  # it ended while the job finished: report nothing into it
+                    raise RunEndedError(f"the run is {ended}: its model is not recorded")
             return dg.PipesClientCompletedInvocation(session).get_materialize_result()
 
     def _run(

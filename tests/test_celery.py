@@ -24,7 +24,7 @@ from .test_s3 import BUCKET, s3_endpoint  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
 from lepton_assets.demo import seed_landing
 from lepton_assets.health import graphql as webserver_graphql
 from lepton_core.store import ArtifactStore
-from resources.horovod_launcher import stop_processes_with
+from resources.horovod_launcher import RUN_MARKER, stop_processes_with
 
 from .test_s3 import free_port
 
@@ -32,8 +33,8 @@ query SensorRuns {
 }"""
 
 
-def graphql(port: int, query: str) -> dict:
-    return webserver_graphql(f"http://127.0.0.1:{port}", query)
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    return webserver_graphql(f"http://127.0.0.1:{port}", query, variables)
 
 
 def wait_for(condition, seconds: float, what: str):  # noqa: ANN001, ANN201
@@ -183,3 +184,97 @@ def test_the_asset_graph_shows_the_lifecycle_in_a_real_browser(dagster_services)
             show(f"/locations/lepton/asset-groups/{group}/lineage", assets, f"group_{group}.png")
     finally:
         browser.quit()
+
+
+LAUNCH = """
+mutation Launch($config: RunConfigData) {
+  launchRun(executionParams: {
+    selector: {repositoryLocationName: "lepton", repositoryName: "__repository__",
+               jobName: "training_job"},
+    runConfigData: $config
+  }) { __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } }
+}"""
+RUN = """
+query Run($id: ID!) {
+  runOrError(runId: $id) { ... on Run { status eventConnection { events { __typename } } } }
+}"""
+
+
+def launch_training(port: int, epochs: int) -> str:
+    config = {"ops": {"trained_model": {"config": {"epochs": epochs, "patience": 0}}}}
+    result = graphql(port, LAUNCH, {"config": config})["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return result["run"]["runId"]
+
+
+def terminate(port: int, run_id: str) -> str:
+    """What the UI's Terminate button sends; the result's type."""
+    mutation = "mutation Stop($id: String!) { terminateRun(runId: $id) { __typename } }"
+    return graphql(port, mutation, {"id": run_id})["terminateRun"]["__typename"]
+
+
+def run_state(port: int, run_id: str) -> tuple[str, list[str]]:
+    run = graphql(port, RUN, {"id": run_id})["runOrError"]
+    return run["status"], [e["__typename"] for e in run["eventConnection"]["events"]]
+
+
+def ranks_of(run_id: str) -> list[psutil.Process]:
+    """The run's Horovod ranks: its marker, and a rank number (horovodrun has none)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            environ = process.environ()
+        except psutil.Error:
+            continue
+        if environ.get(RUN_MARKER) == run_id and "HOROVOD_RANK" in environ:
+            found.append(process)
+    return found
+
+
+def ensure_validated_day(home: Path) -> None:
+    """A validated day to train on; the first test of this module leaves one, and when it
+    ran already this does nothing."""
+    artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
+    if not artifacts.exists("validated/2026-01-01.json"):
+        seed_landing(ArtifactStore(f"file://{home / 'landing'}"), days=1, end=date(2026, 1, 1))
+        wait_for(lambda: artifacts.exists("validated/2026-01-01.json"), 300, "a validated day")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_terminate_from_the_ui_stops_every_rank_without_a_retry(dagster_services):
+    port, home = dagster_services
+    ensure_validated_day(home)
+    run_id = launch_training(port, epochs=500)
+    wait_for(lambda: len(ranks_of(run_id)) == 2, 300, "two training ranks")
+    assert terminate(port, run_id) == "TerminateRunSuccess"
+    wait_for(lambda: not ranks_of(run_id), 30, "every rank to exit")
+    wait_for(lambda: run_state(port, run_id)[0] == "CANCELED", 60, "the run to be CANCELED")
+    assert "ExecutionStepUpForRetryEvent" not in run_state(port, run_id)[1]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_killed_run_worker_takes_its_ranks_and_frees_the_training_slot(dagster_services):
+    port, home = dagster_services
+    ensure_validated_day(home)
+    run_id = launch_training(port, epochs=500)
+    wait_for(lambda: len(ranks_of(run_id)) == 2, 300, "two training ranks")
+    # rank <- sh <- middleman <- horovodrun <- step process <- run worker <- code server
+    chain = [ranks_of(run_id)[0]]
+    while (parent := chain[-1].parent()) is not None:
+        chain.append(parent)
+    names = [" ".join(p.cmdline()) for p in chain]
+    launcher = next(i for i, name in enumerate(names) if "horovodrun" in name)
+    worker = chain[launcher + 2]
+    assert "dagster api grpc" in names[launcher + 3], names
+    worker.kill()
+    wait_for(lambda: run_state(port, run_id)[0] == "FAILURE", 120, "the run to be marked FAILURE")
+    wait_for(lambda: not ranks_of(run_id), 60, "every rank to exit")
+    artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
+    assert not artifacts.exists(f"runs/{run_id}/trained_model.json")
+    # The pool slot of the dead run is freed: the next training run gets to train.
+    next_run = launch_training(port, epochs=500)
+    wait_for(lambda: len(ranks_of(next_run)) == 2, 240, "the next run's ranks")
+    assert terminate(port, next_run) == "TerminateRunSuccess"
+    wait_for(lambda: not ranks_of(next_run), 60, "the next run's ranks to exit")

@@ -21,6 +21,7 @@ from resources.horovod_launcher import (
     WORKDIR_PREFIX,
     HorovodLauncherResource,
     RunEndedError,
+    ended_on_purpose,
     remove_stale_workdirs,
     stop_leftover_ranks,
 )
@@ -133,3 +134,20 @@ def test_work_folders_of_dead_launches_are_removed():
 def test_one_process_ticks_slowly_and_many_keep_horovods_default():
     assert HorovodLauncherResource(num_processes=1).worker_env()["HOROVOD_CYCLE_TIME"] == "50"
     assert "HOROVOD_CYCLE_TIME" not in HorovodLauncherResource(num_processes=2).worker_env()
+
+
+def test_a_stop_on_purpose_is_found_anywhere_in_the_error_chain():
+    def chained(first: BaseException, then: Exception) -> Exception:
+        try:
+            try:
+                raise first
+            except BaseException:
+                raise then  # noqa: B904  (as a cleanup step raising its own error)
+        except Exception as exc:
+            return exc
+
+    cleanup_error = chained(dg.DagsterExecutionInterruptedError(), RuntimeError("pipes closed"))
+    assert ended_on_purpose(cleanup_error) is not None
+    assert "interrupted" in (ended_on_purpose(KeyboardInterrupt()) or "")
+    assert ended_on_purpose(RunEndedError("the run is CANCELED")) == "the run is CANCELED"
+    assert ended_on_purpose(chained(ValueError("rank 1 failed"), RuntimeError("x"))) is None
