@@ -20,4 +20,6 @@ export LEPTON_WEB_PORT=${LEPTON_WEB_PORT:-3000}
 export LEPTON_LOG_DIR=${LEPTON_LOG_DIR:-$DAGSTER_HOME/logs}
 mkdir -p "$LEPTON_LOG_DIR"
 export PATH="$PWD/.venv/bin:$PATH"
+# Create or migrate the instance's schema once, before four processes open it at the same time.
+dagster instance migrate >/dev/null
 exec supervisord -c deploy/supervisord.conf

@@ -81,6 +81,9 @@ def celery_stack(
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     env = dict(os.environ)
+    # The schema first: processes creating it at once on an empty database can collide.
+    with dg.DagsterInstance.get():
+        pass
     queue = "dagster"
     subprocess.run(["rabbitmqctl", "purge_queue", queue], capture_output=True)
     logs = tmp_path / "logs"
@@ -111,7 +114,8 @@ def test_a_backfill_runs_its_steps_on_two_celery_workers(celery_stack):
     seed_landing(landing, days=len(DAYS), end=date.fromisoformat(DAYS[-1]))
     backfill = [str(BIN / "dagster"), "job", "backfill", "-w", "workspace.yaml"]
     backfill += ["-j", "ingest_job", "--partitions", ",".join(DAYS), "--noprompt"]
-    subprocess.run(backfill, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(backfill, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
     with dg.DagsterInstance.get() as instance:
         deadline = time.monotonic() + 420
