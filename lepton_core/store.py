@@ -122,12 +122,18 @@ class ArtifactStore:
             return pl.read_parquet(self.path(key), columns=columns)
         return pl.read_parquet(io.BytesIO(self.read_bytes(key)), columns=columns)
 
-    def parquet_file(self, key: str) -> pq.ParquetFile:
-        """A Parquet artifact opened for reading one row group at a time (on an object store,
-        each row group is fetched by range)."""
-        if self.is_local:
-            return pq.ParquetFile(self.path(key))
-        return pq.ParquetFile(self.fs.open(self.path(key), "rb"))
+    def row_group_sizes(self, key: str) -> list[int]:
+        """Rows in each row group of a Parquet artifact (its footer alone is read)."""
+        with self.fs.open(self.path(key), "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    def read_row_group(self, key: str, index: int) -> pl.DataFrame:
+        """One row group of a Parquet artifact (on an object store, fetched by range)."""
+        with self.fs.open(self.path(key), "rb") as fh:
+            frame = pl.from_arrow(pq.ParquetFile(fh).read_row_group(index))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
 
     def sha256(self, key: str) -> str:
         return sha256_bytes(self.read_bytes(key))

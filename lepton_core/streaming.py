@@ -51,10 +51,8 @@ class ShardStream(IterableDataset):
         self.preprocessing = info["preprocessing"]
         self.groups: list[tuple[str, int, int]] = []  # (file, index in it, rows)
         for key in split_keys(info, split):
-            meta = store.parquet_file(key).metadata
-            self.groups += [
-                (key, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
-            ]
+            sizes = store.row_group_sizes(key)
+            self.groups += [(key, i, rows) for i, rows in enumerate(sizes)]
         self.rows = sum(rows for *_, rows in self.groups)
         self.epoch = 0
 
@@ -98,10 +96,7 @@ class ShardStream(IterableDataset):
     def read(self, piece: Piece) -> pl.DataFrame:
         group, first, rows = piece
         key, index, _ = self.groups[group]
-        table = self.store.parquet_file(key).read_row_group(index)
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        return frame.slice(first, rows)
+        return self.store.read_row_group(key, index).slice(first, rows)
 
     def tensors(self, frame: pl.DataFrame, chunk: int) -> list[torch.Tensor]:
         tensors = [*encode_inputs(frame, self.spec, self.preprocessing)]

@@ -48,7 +48,14 @@ def test_each_day_reads_only_its_own_data(
         landing.write_bytes(f"{day}/batch.parquet", buf.getvalue())
     reads: dict[str, list[str]] = defaultdict(list)
     current = {"day": ""}
-    for name in ("read_bytes", "read_parquet", "parquet_file", "list", "files"):
+    for name in (
+        "read_bytes",
+        "read_parquet",
+        "read_row_group",
+        "row_group_sizes",
+        "list",
+        "files",
+    ):
         original = getattr(ArtifactStore, name)
 
         def counted(self, key, *args, _original=original, **kwargs):
