@@ -41,6 +41,13 @@ def chunks(values: list[str]) -> Iterator[list[str]]:
         yield values[start : start + CHUNK]
 
 
+def replace_day(conn: sa.Connection, day: str, ids: list[str]) -> None:
+    """In one transaction: ``day`` holds exactly ``ids`` (none: the day is removed)."""
+    conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))
+    if ids:
+        conn.execute(sa.insert(ids_table), [{"id": i, "day": day} for i in ids])
+
+
 class IdIndex:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -74,10 +81,10 @@ class IdIndex:
         for attempt in range(ATTEMPTS):
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))
+                    replace_day(conn, day, [])
                     repeated = self.owners(conn, day, mine)
-                    if accept and not repeated and mine:
-                        conn.execute(sa.insert(ids_table), [{"id": i, "day": day} for i in mine])
+                    if accept and not repeated:
+                        replace_day(conn, day, mine)
                     return repeated
             except IntegrityError:
                 # A transaction beside this one inserted one of these ids first (another day,
@@ -100,9 +107,7 @@ class IdIndex:
         """Load the ids of the accepted days that predate the index, once."""
         with self.engine.begin() as conn:
             for day, ids in days:
-                conn.execute(sa.delete(ids_table).where(ids_table.c.day == day))
-                if ids:
-                    conn.execute(sa.insert(ids_table), [{"id": i, "day": day} for i in ids])
+                replace_day(conn, day, ids)
             conn.execute(sa.insert(seeded_table), [{"at": at}])
 
     def dispose(self) -> None:

@@ -36,10 +36,6 @@ SINGLE_PROCESS_CYCLE_MS = 50
 FAILED_RANK = re.compile(r"Process (\d+) exit with status code (-?\d+)")
 
 
-class RunEndedError(Exception):
-    """The Dagster run ended (canceled, or marked failed) while its Horovod job ran."""
-
-
 def ended_on_purpose(exc: BaseException | None) -> str | None:
     """Why the job was stopped, when the run was canceled, interrupted or marked failed
     (anywhere in the exception's chain: a cleanup step may raise an error of its own on top
@@ -67,14 +63,20 @@ def stop_leftover_ranks(run_id: str) -> int:
     return stop_processes_with(RUN_MARKER, run_id)
 
 
-def stop_processes_with(variable: str, value: str) -> int:
-    """Stop (TERM, then KILL after 10 s) this machine's other processes whose environment
-    has ``variable=value``; how many there were."""
+def processes_with(variable: str, value: str) -> list[psutil.Process]:
+    """This machine's other processes whose environment has ``variable=value``."""
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             if process.pid != os.getpid() and process.environ().get(variable) == value:
                 found.append(process)
+    return found
+
+
+def stop_processes_with(variable: str, value: str) -> int:
+    """Stop (TERM, then KILL after 10 s) this machine's other processes whose environment
+    has ``variable=value``; how many there were."""
+    found = processes_with(variable, value)
     for process in found:
         with contextlib.suppress(psutil.Error):
             process.terminate()
@@ -107,6 +109,10 @@ def run_ended(context: dg.AssetExecutionContext | None) -> str | None:
 
 class HorovodJobError(Exception):
     """The Horovod job failed; the message names the rank and shows its last output lines."""
+
+
+class RunEndedError(HorovodJobError):
+    """The Dagster run ended (canceled, or marked failed) while its Horovod job ran."""
 
 
 def horovodrun_path() -> str:

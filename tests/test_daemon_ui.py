@@ -2,6 +2,7 @@
 dropped into the landing zone must lead, with no further action, to a validated partition and
 then a retrained, evaluated and promoted model, checked through Dagster's GraphQL API."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
 from lepton_assets.demo import seed_landing
 from lepton_assets.health import graphql as webserver_graphql
 from lepton_core.store import ArtifactStore
-from resources.horovod_launcher import RUN_MARKER, stop_processes_with
+from resources.horovod_launcher import RUN_MARKER, processes_with, stop_processes_with
 
 from .test_s3 import free_port
 
@@ -220,15 +221,21 @@ def run_state(port: int, run_id: str) -> tuple[str, list[str]]:
 
 def ranks_of(run_id: str) -> list[psutil.Process]:
     """The run's Horovod ranks: its marker, and a rank number (horovodrun has none)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            environ = process.environ()
-        except psutil.Error:
-            continue
-        if environ.get(RUN_MARKER) == run_id and "HOROVOD_RANK" in environ:
-            found.append(process)
-    return found
+
+    def is_rank(process: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return "HOROVOD_RANK" in process.environ()
+        return False
+
+    return [p for p in processes_with(RUN_MARKER, run_id) if is_rank(p)]
+
+
+def training_run_with_ranks(port: int, home: Path) -> str:
+    """A training run launched from the UI's API, once both of its ranks are up."""
+    ensure_validated_day(home)
+    run_id = launch_training(port, epochs=500)
+    wait_for(lambda: len(ranks_of(run_id)) == 2, 300, "two training ranks")
+    return run_id
 
 
 def ensure_validated_day(home: Path) -> None:
@@ -244,9 +251,7 @@ def ensure_validated_day(home: Path) -> None:
 @pytest.mark.slow
 def test_terminate_from_the_ui_stops_every_rank_without_a_retry(dagster_services):
     port, home = dagster_services
-    ensure_validated_day(home)
-    run_id = launch_training(port, epochs=500)
-    wait_for(lambda: len(ranks_of(run_id)) == 2, 300, "two training ranks")
+    run_id = training_run_with_ranks(port, home)
     assert terminate(port, run_id) == "TerminateRunSuccess"
     wait_for(lambda: not ranks_of(run_id), 30, "every rank to exit")
     wait_for(lambda: run_state(port, run_id)[0] == "CANCELED", 60, "the run to be CANCELED")
@@ -257,9 +262,7 @@ def test_terminate_from_the_ui_stops_every_rank_without_a_retry(dagster_services
 @pytest.mark.slow
 def test_a_killed_run_worker_takes_its_ranks_and_frees_the_training_slot(dagster_services):
     port, home = dagster_services
-    ensure_validated_day(home)
-    run_id = launch_training(port, epochs=500)
-    wait_for(lambda: len(ranks_of(run_id)) == 2, 300, "two training ranks")
+    run_id = training_run_with_ranks(port, home)
     # rank <- sh <- middleman <- horovodrun <- step process <- run worker <- code server
     chain = [ranks_of(run_id)[0]]
     while (parent := chain[-1].parent()) is not None:

@@ -22,6 +22,7 @@ from resources.horovod_launcher import (
     HorovodLauncherResource,
     RunEndedError,
     ended_on_purpose,
+    processes_with,
     remove_stale_workdirs,
     stop_leftover_ranks,
 )
@@ -30,14 +31,7 @@ SLEEPER = "import time; time.sleep(300)"
 
 
 def marked(run_id: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(RUN_MARKER) == run_id:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
+    return processes_with(RUN_MARKER, run_id)
 
 
 def wait_until(condition, seconds: float, what: str) -> None:  # noqa: ANN001
