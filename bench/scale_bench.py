@@ -25,9 +25,8 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
-from lepton_assets.demo import digits_frame
+from lepton_assets.demo import digits_day
 
 BUILD = """
 import sys
@@ -37,14 +36,6 @@ from lepton_core.store import ArtifactStore
 store = ArtifactStore(sys.argv[1])
 print(build_dataset(store, DIGITS_SPEC, accepted_partitions(store)[0])[0])
 """
-
-
-def day_frame(rows: int, day: int) -> pl.DataFrame:
-    base = digits_frame()
-    copies = -(-rows // base.height)
-    return pl.concat(
-        [base.with_columns(pl.col("sample_id") + f"-d{day}-r{i}") for i in range(copies)]
-    ).head(rows)
 
 
 def main() -> None:
@@ -71,7 +62,7 @@ def main() -> None:
         days = [(date(2025, 1, 1) + timedelta(days=d)).isoformat() for d in range(args.days)]
         for i, day in enumerate(days):
             buf = io.BytesIO()
-            day_frame(args.rows, i).write_parquet(buf)
+            digits_day(args.rows, f"d{i}").write_parquet(buf)
             (home / "landing" / day).mkdir(parents=True)
             (home / "landing" / day / "batch.parquet").write_bytes(buf.getvalue())
         artifacts = ArtifactStore(f"file://{home / 'artifacts'}")

@@ -29,6 +29,15 @@ def digits_frame() -> pl.DataFrame:
     return pl.DataFrame(data)
 
 
+def digits_day(rows: int, tag: str) -> pl.DataFrame:
+    """A day of ``rows`` digits rows of any size, ids made fresh (``<id>-<tag>-<copy>``)."""
+    base = digits_frame()
+    copies = -(-rows // base.height)
+    return pl.concat(
+        [base.with_columns(pl.col("sample_id") + f"-{tag}-{i}") for i in range(copies)]
+    ).head(rows)
+
+
 def demo_dates(days: int, end: date) -> list[date]:
     return [end - timedelta(days=days - 1 - i) for i in range(days)]
 

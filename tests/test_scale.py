@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import cast
 
 import dagster as dg
-import polars as pl
 import pytest
 import yaml
 
 from lepton_assets.definitions import resources
-from lepton_assets.demo import digits_frame
+from lepton_assets.demo import digits_day
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.training import trained_model
 from lepton_assets.validation import validated_batches
@@ -28,14 +27,6 @@ from resources.project import ProjectResource
 DAYS = [(date(2025, 1, 1) + timedelta(days=d)).isoformat() for d in range(8)]
 
 
-def day_frame(rows: int, tag: str) -> pl.DataFrame:
-    base = digits_frame()
-    copies = -(-rows // base.height)
-    return pl.concat(
-        [base.with_columns(pl.col("sample_id") + f"-{tag}-{i}") for i in range(copies)]
-    ).head(rows)
-
-
 def test_each_day_reads_only_its_own_data(
     landing: ArtifactStore,
     artifacts: ArtifactStore,
@@ -44,7 +35,7 @@ def test_each_day_reads_only_its_own_data(
 ):
     for day in DAYS:
         buf = io.BytesIO()
-        day_frame(300, day).write_parquet(buf)
+        digits_day(300, day).write_parquet(buf)
         landing.write_bytes(f"{day}/batch.parquet", buf.getvalue())
     reads: dict[str, list[str]] = defaultdict(list)
     current = {"day": ""}
@@ -102,7 +93,7 @@ def test_a_rank_memory_does_not_grow_with_the_data(
     for days in (1, 4):
         manifests = []
         for d in DAYS[:days]:
-            frame = day_frame(60_000, d)
+            frame = digits_day(60_000, d)
             digest = artifacts.write_parquet(f"validated/{d}.parquet", frame)
             manifests.append({"partition": d, "sha256": digest})
         version, info = build_dataset(artifacts, DIGITS_SPEC, manifests)
