@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +21,12 @@ from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
 from lepton_assets.demo import seed_landing
 from lepton_assets.health import graphql as webserver_graphql
 from lepton_core.store import ArtifactStore
-from resources.horovod_launcher import RUN_MARKER, processes_with, stop_processes_with
+from resources.horovod_launcher import (
+    RUN_MARKER,
+    WORKDIR_PREFIX,
+    processes_with,
+    stop_processes_with,
+)
 
 from .test_s3 import free_port
 
@@ -281,3 +287,42 @@ def test_a_killed_run_worker_takes_its_ranks_and_frees_the_training_slot(dagster
     wait_for(lambda: len(ranks_of(next_run)) == 2, 240, "the next run's ranks")
     assert terminate(port, next_run) == "TerminateRunSuccess"
     wait_for(lambda: not ranks_of(next_run), 60, "the next run's ranks to exit")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_killed_step_process_takes_its_ranks_and_its_retry_trains_alone(dagster_services):
+    """kill -9 of the training step's process: its ranks die with it, the retry policy's
+    next attempt trains alone (never more than two ranks), the killed attempt's work folder
+    is removed, and a terminate then ends the run with no model written for it."""
+    port, home = dagster_services
+    run_id = training_run_with_ranks(port, home)
+    first = ranks_of(run_id)
+    chain = [first[0]]
+    while (parent := chain[-1].parent()) is not None:
+        chain.append(parent)
+    names = [" ".join(p.cmdline()) for p in chain]
+    launcher = next(i for i, name in enumerate(names) if "horovodrun" in name)
+    step = chain[launcher + 1]
+    assert "spawn_main" in names[launcher + 1], names  # the executor's step process
+    workdirs = [str(p) for p in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{step.pid}-*")]
+    assert workdirs, "the step's work folder"
+    step.kill()
+    most = 0
+
+    def retry_ranks_up() -> bool:
+        nonlocal most
+        ranks = ranks_of(run_id)
+        most = max(most, len(ranks))
+        return len(ranks) == 2 and not {p.pid for p in ranks} & {p.pid for p in first}
+
+    wait_for(retry_ranks_up, 300, "the retry's two ranks")
+    assert most == 2
+    assert not any(p.is_running() for p in first)
+    assert not [w for w in workdirs if Path(w).exists()]
+    assert terminate(port, run_id) == "TerminateRunSuccess"
+    wait_for(lambda: not ranks_of(run_id), 60, "every rank to exit")
+    wait_for(lambda: run_state(port, run_id)[0] == "CANCELED", 60, "the run to be CANCELED")
+    time.sleep(5)  # time for a stray rank, had one survived, to write
+    artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
+    assert not artifacts.exists(f"runs/{run_id}/trained_model.json")
