@@ -12,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DAGSTER_HOME:?set DAGSTER_HOME to the instance folder (deploy/dagster.yaml is copied in)}"
+# Files this stack writes are its user's alone: dagster-celery writes each worker's resolved
+# settings, the broker URL with its password among them, under $DAGSTER_HOME/dagster_celery.
+umask 077
 mkdir -p "$DAGSTER_HOME"
 [ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 export LEPTON_EXECUTOR=${LEPTON_EXECUTOR:-celery}

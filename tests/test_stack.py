@@ -63,6 +63,11 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
         assert [line.split()[0] for line in lines][:2] == ["instance", "webserver"]
         assert all("up" in line.split() for line in lines)
         assert "PostgresRunStorage" in report.stdout and "worker-" in report.stdout
+        # The worker's settings file holds the broker URL (and so its password): private.
+        home = Path(env["DAGSTER_HOME"])
+        (settings,) = home.glob("dagster_celery/config/*/dagster_celery_config.py")
+        assert "broker_url" in settings.read_text()
+        assert settings.stat().st_mode & 0o077 == 0, oct(settings.stat().st_mode)
 
         # The worker stopped: the stack is unhealthy and health says which part; started
         # again, all is well.
