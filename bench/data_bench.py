@@ -26,18 +26,14 @@ import great_expectations as gx
 import pandas as pd
 import polars as pl
 
-from lepton_assets.demo import digits_frame
+from lepton_assets.demo import digits_day
 from lepton_assets.ingestion import read_landing_file
 from lepton_core.spec import DIGITS_SPEC
 from resources.expectations import ExpectationsResource, build_suite
 
 
 def partition(rows: int) -> pl.DataFrame:
-    base = digits_frame()
-    copies = -(-rows // base.height)
-    frame = pl.concat(
-        [base.with_columns(pl.col("sample_id") + f"-r{i}") for i in range(copies)]
-    ).head(rows)
+    frame = digits_day(rows, "r")
     # A handful of bad rows so that the verdicts are not trivially all-pass.
     return (
         frame.with_row_index("_n")

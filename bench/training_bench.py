@@ -7,7 +7,9 @@ with fresh ids) trained by a plain single-process loop and by the Horovod worker
 Horovod's overhead (np=1 against the plain loop, both using every core) and the scaling
 figure throughput(np=2)/throughput(np=1) with one intra-op thread per rank in both runs, so
 the figure is not capped by two ranks sharing the cores' threads. Plain and np=1 run in
-``--pairs`` alternating pairs; the median ratio and every pair's are printed. Then the same network
+``--pairs`` alternating pairs; the median ratio and every pair's are printed, and the ratio
+of the fastest epoch of each (interference from other work only slows an epoch down, so the
+fastest is the least disturbed: timeit's reasoning for taking the minimum). Then the same network
 given as a user's factory (a module outside the package, on ``code_path``) against the
 built-in one, both np=1 with the launcher's fair share of the cores, in four pairs run in
 alternating order (medians, and the smallest and largest per-pair ratio as the noise band).
@@ -27,12 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lepton_assets.demo import digits_frame
+from lepton_assets.demo import digits_day
 from lepton_assets.training import WORKER_MODULE, model_description
 from lepton_core.data import DatasetInfo, build_dataset, load_tensors, read_dataset_info
 from lepton_core.models import build_model, resnet
@@ -60,12 +61,7 @@ def build(info, widths=(32, 64, 128)):
 
 
 def make_dataset(store: ArtifactStore, rows: int) -> str:
-    base = digits_frame()
-    copies = -(-rows // base.height)
-    frame = pl.concat(
-        [base.with_columns(pl.col("sample_id") + f"-r{i}") for i in range(copies)]
-    ).head(rows)
-    store.write_parquet("validated/2026-01-01.parquet", frame)
+    store.write_parquet("validated/2026-01-01.parquet", digits_day(rows, "r"))
     version, _ = build_dataset(store, DIGITS_SPEC, [{"partition": "2026-01-01", "sha256": "b"}])
     return version
 
@@ -75,9 +71,12 @@ def description(store: ArtifactStore, version: str, model: ModelRef, code_path: 
     return model_description(project, read_dataset_info(store, version))
 
 
-def plain_loop(store: ArtifactStore, version: str, config: TrainingSettings, epochs: int) -> float:
+def plain_loop(
+    store: ArtifactStore, version: str, config: TrainingSettings, epochs: int
+) -> list[float]:
     """The same training without Horovod: one process, all cores, the split in memory,
-    batches taken by a shuffled index (the cheapest plain loop); samples/s after warm-up."""
+    batches taken by a shuffled index (the cheapest plain loop); samples/s of each epoch
+    after the warm-up."""
     inputs, target = load_tensors(store, version, "train")
     model = build_model(description(store, version, BUILTIN_CNN, None))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -93,13 +92,16 @@ def plain_loop(store: ArtifactStore, version: str, config: TrainingSettings, epo
             ).backward()
             optimizer.step()
         rates.append(len(order) / (time.perf_counter() - started))
-    return sum(rates[1:]) / len(rates[1:])
+    return rates[1:]
 
 
-def horovod_run(*job: Any, **options: Any) -> float:
-    """samples/s of ``train_job(*job, **options)`` after its first epoch."""
+def horovod_run(*job: Any, **options: Any) -> list[float]:
+    """samples/s of each epoch of ``train_job(*job, **options)`` after the first."""
     store, prefix = job[0], train_job(*job, **options)
-    rates = [h["samples_per_s"] for h in store.read_json(f"{prefix}/history.json")[1:]]
+    return [h["samples_per_s"] for h in store.read_json(f"{prefix}/history.json")[1:]]
+
+
+def mean(rates: list[float]) -> float:
     return sum(rates) / len(rates)
 
 
@@ -223,10 +225,10 @@ def main() -> None:
                 "horovod": lambda: horovod_run(store, version, config, args.epochs, 1),
             }
             order = ["plain", "horovod"] if i % 2 == 0 else ["horovod", "plain"]
-            rates = {name: runs[name]() for name in order}
-            overhead.append((rates["horovod"], rates["plain"]))
-        one_thread = horovod_run(store, version, config, args.epochs, 1, threads=1)
-        two_threads = horovod_run(store, version, config, args.epochs, 2, threads=1)
+            epochs = {name: runs[name]() for name in order}
+            overhead.append((epochs["horovod"], epochs["plain"]))
+        one_thread = mean(horovod_run(store, version, config, args.epochs, 1, threads=1))
+        two_threads = mean(horovod_run(store, version, config, args.epochs, 2, threads=1))
         code = Path(tmp) / "user_code"
         code.mkdir()
         (code / "user_cnn.py").write_text(USER_CNN)
@@ -240,11 +242,13 @@ def main() -> None:
                 "builtin": lambda: horovod_run(store, version, config, args.epochs, 1),
             }
             order = ["user", "builtin"] if i % 2 == 0 else ["builtin", "user"]
-            rates = {name: runs[name]() for name in order}
+            rates = {name: mean(runs[name]()) for name in order}
             pairs.append((rates["user"], rates["builtin"]))
-    overhead_ratios = sorted(h / p for h, p in overhead)
-    plain = sorted(p for _, p in overhead)[len(overhead) // 2]
-    one = sorted(h for h, _ in overhead)[len(overhead) // 2]
+    overhead_ratios = sorted(mean(h) / mean(p) for h, p in overhead)
+    plain = sorted(mean(p) for _, p in overhead)[len(overhead) // 2]
+    one = sorted(mean(h) for h, _ in overhead)[len(overhead) // 2]
+    # Interference only slows an epoch down: the fastest epoch of each is the least disturbed.
+    best = max(max(h) for h, _ in overhead) / max(max(p) for _, p in overhead)
     ratios = sorted(u / b for u, b in pairs)
     user_rate = sorted(u for u, _ in pairs)[len(pairs) // 2]
     builtin_rate = sorted(b for _, b in pairs)[len(pairs) // 2]
@@ -253,6 +257,7 @@ def main() -> None:
         "horovod_np1_samples_per_s": round(one, 1),
         "horovod_np1_vs_plain_median": round(overhead_ratios[len(overhead) // 2], 3),
         "horovod_np1_vs_plain_per_pair": [round(r, 3) for r in overhead_ratios],
+        "horovod_np1_vs_plain_best_epoch": round(best, 3),
         "np1_one_thread_samples_per_s": round(one_thread, 1),
         "np2_one_thread_each_samples_per_s": round(two_threads, 1),
         "scaling_np2_over_np1_one_thread": round(two_threads / one_thread, 3),
