@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     )
 
 
-def wait_for_runs(env: dict[str, str], count: int) -> list[dg.DagsterRun]:
+def wait_for_runs(env: dict[str, str], count: int) -> Sequence[dg.DagsterRun]:
     os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_")})
     with dg.DagsterInstance.get() as instance:
         while True:
