@@ -16,7 +16,9 @@ a task whose worker dies is handed back to the broker (``task_reject_on_worker_l
 a worker machine is lost mid-step, another worker runs the step again. Every Lepton step
 rewrites its own outputs (a day's id claims, its validated files), so the second run
 replaces what the first left half-written. With RabbitMQ, a step must end within the
-broker's ``consumer_timeout`` (30 minutes by default): raise it for long training steps.
+broker's ``consumer_timeout`` (30 minutes by default): raise it for long training steps. The
+price of redelivery: a step that kills its worker every time (out of memory, say) is handed
+out again and again, so watch the workers' logs for restarts.
 """
 
 import os

@@ -236,6 +236,26 @@ def ranks_of(run_id: str) -> list[psutil.Process]:
     return [p for p in processes_with(RUN_MARKER, run_id) if is_rank(p)]
 
 
+def launch_chain(run_id: str) -> dict[str, psutil.Process]:
+    """The processes above one of the run's ranks: rank <- sh <- middleman <- horovodrun <-
+    step process <- run worker <- code server."""
+    chain = [ranks_of(run_id)[0]]
+    while (parent := chain[-1].parent()) is not None:
+        chain.append(parent)
+    names = [" ".join(p.cmdline()) for p in chain]
+    launcher = next(i for i, name in enumerate(names) if "horovodrun" in name)
+    assert "spawn_main" in names[launcher + 1], names  # the executor's step process
+    assert "dagster api grpc" in names[launcher + 3], names
+    return {"step": chain[launcher + 1], "run worker": chain[launcher + 2]}
+
+
+def workdirs_of(step: psutil.Process) -> list[Path]:
+    """The Horovod work folders the step's launcher made (one, while it trains)."""
+    found = list(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{step.pid}-*"))
+    assert found, f"no work folder of step process {step.pid}"
+    return found
+
+
 def training_run_with_ranks(port: int, home: Path) -> str:
     """A training run launched from the UI's API, once both of its ranks are up."""
     ensure_validated_day(home)
@@ -258,10 +278,12 @@ def ensure_validated_day(home: Path) -> None:
 def test_terminate_from_the_ui_stops_every_rank_without_a_retry(dagster_services):
     port, home = dagster_services
     run_id = training_run_with_ranks(port, home)
+    workdirs = workdirs_of(launch_chain(run_id)["step"])
     assert terminate(port, run_id) == "TerminateRunSuccess"
     wait_for(lambda: not ranks_of(run_id), 30, "every rank to exit")
     wait_for(lambda: run_state(port, run_id)[0] == "CANCELED", 60, "the run to be CANCELED")
     assert "ExecutionStepUpForRetryEvent" not in run_state(port, run_id)[1]
+    assert not [w for w in workdirs if w.exists()]
 
 
 @pytest.mark.integration
@@ -269,15 +291,9 @@ def test_terminate_from_the_ui_stops_every_rank_without_a_retry(dagster_services
 def test_a_killed_run_worker_takes_its_ranks_and_frees_the_training_slot(dagster_services):
     port, home = dagster_services
     run_id = training_run_with_ranks(port, home)
-    # rank <- sh <- middleman <- horovodrun <- step process <- run worker <- code server
-    chain = [ranks_of(run_id)[0]]
-    while (parent := chain[-1].parent()) is not None:
-        chain.append(parent)
-    names = [" ".join(p.cmdline()) for p in chain]
-    launcher = next(i for i, name in enumerate(names) if "horovodrun" in name)
-    worker = chain[launcher + 2]
-    assert "dagster api grpc" in names[launcher + 3], names
-    worker.kill()
+    chain = launch_chain(run_id)
+    workdirs = workdirs_of(chain["step"])
+    chain["run worker"].kill()
     wait_for(lambda: run_state(port, run_id)[0] == "FAILURE", 120, "the run to be marked FAILURE")
     wait_for(lambda: not ranks_of(run_id), 60, "every rank to exit")
     artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
@@ -285,6 +301,7 @@ def test_a_killed_run_worker_takes_its_ranks_and_frees_the_training_slot(dagster
     # The pool slot of the dead run is freed: the next training run gets to train.
     next_run = launch_training(port, epochs=500)
     wait_for(lambda: len(ranks_of(next_run)) == 2, 240, "the next run's ranks")
+    assert not [w for w in workdirs if w.exists()]  # the next launch removed the dead one's
     assert terminate(port, next_run) == "TerminateRunSuccess"
     wait_for(lambda: not ranks_of(next_run), 60, "the next run's ranks to exit")
 
@@ -298,15 +315,8 @@ def test_a_killed_step_process_takes_its_ranks_and_its_retry_trains_alone(dagste
     port, home = dagster_services
     run_id = training_run_with_ranks(port, home)
     first = ranks_of(run_id)
-    chain = [first[0]]
-    while (parent := chain[-1].parent()) is not None:
-        chain.append(parent)
-    names = [" ".join(p.cmdline()) for p in chain]
-    launcher = next(i for i, name in enumerate(names) if "horovodrun" in name)
-    step = chain[launcher + 1]
-    assert "spawn_main" in names[launcher + 1], names  # the executor's step process
-    workdirs = [str(p) for p in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{step.pid}-*")]
-    assert workdirs, "the step's work folder"
+    step = launch_chain(run_id)["step"]
+    workdirs = workdirs_of(step)
     step.kill()
     most = 0
 
@@ -319,7 +329,7 @@ def test_a_killed_step_process_takes_its_ranks_and_its_retry_trains_alone(dagste
     wait_for(retry_ranks_up, 300, "the retry's two ranks")
     assert most == 2
     assert not any(p.is_running() for p in first)
-    assert not [w for w in workdirs if Path(w).exists()]
+    assert not [w for w in workdirs if w.exists()]
     assert terminate(port, run_id) == "TerminateRunSuccess"
     wait_for(lambda: not ranks_of(run_id), 60, "every rank to exit")
     wait_for(lambda: run_state(port, run_id)[0] == "CANCELED", 60, "the run to be CANCELED")
