@@ -4,6 +4,7 @@ is down."""
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
             os.killpg(stack.pid, signal.SIGKILL)
         stop_processes_with("DAGSTER_HOME", env["DAGSTER_HOME"])
         subprocess.run(["rabbitmqctl", "purge_queue", "dagster"], capture_output=True)
+        shutil.rmtree(env["LEPTON_LOG_DIR"], ignore_errors=True)
 
 
 def test_the_compose_file_names_every_part_and_holds_no_secret():
