@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -99,10 +100,6 @@ def horovod_run(*job: Any, **options: Any) -> list[float]:
     """samples/s of each epoch of ``train_job(*job, **options)`` after the first."""
     store, prefix = job[0], train_job(*job, **options)
     return [h["samples_per_s"] for h in store.read_json(f"{prefix}/history.json")[1:]]
-
-
-def mean(rates: list[float]) -> float:
-    return sum(rates) / len(rates)
 
 
 def train_job(
@@ -227,8 +224,8 @@ def main() -> None:
             order = ["plain", "horovod"] if i % 2 == 0 else ["horovod", "plain"]
             epochs = {name: runs[name]() for name in order}
             overhead.append((epochs["horovod"], epochs["plain"]))
-        one_thread = mean(horovod_run(store, version, config, args.epochs, 1, threads=1))
-        two_threads = mean(horovod_run(store, version, config, args.epochs, 2, threads=1))
+        one_thread = fmean(horovod_run(store, version, config, args.epochs, 1, threads=1))
+        two_threads = fmean(horovod_run(store, version, config, args.epochs, 2, threads=1))
         code = Path(tmp) / "user_code"
         code.mkdir()
         (code / "user_cnn.py").write_text(USER_CNN)
@@ -242,11 +239,11 @@ def main() -> None:
                 "builtin": lambda: horovod_run(store, version, config, args.epochs, 1),
             }
             order = ["user", "builtin"] if i % 2 == 0 else ["builtin", "user"]
-            rates = {name: mean(runs[name]()) for name in order}
+            rates = {name: fmean(runs[name]()) for name in order}
             pairs.append((rates["user"], rates["builtin"]))
-    overhead_ratios = sorted(mean(h) / mean(p) for h, p in overhead)
-    plain = sorted(mean(p) for _, p in overhead)[len(overhead) // 2]
-    one = sorted(mean(h) for h, _ in overhead)[len(overhead) // 2]
+    overhead_ratios = sorted(fmean(h) / fmean(p) for h, p in overhead)
+    plain = sorted(fmean(p) for _, p in overhead)[len(overhead) // 2]
+    one = sorted(fmean(h) for h, _ in overhead)[len(overhead) // 2]
     # Interference only slows an epoch down: the fastest epoch of each is the least disturbed.
     best = max(max(h) for h, _ in overhead) / max(max(p) for _, p in overhead)
     ratios = sorted(u / b for u, b in pairs)

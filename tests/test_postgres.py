@@ -57,10 +57,11 @@ def instance_env(home: Path, db: str) -> dict[str, str]:
     }
 
 
-def count(db: str, sql: str) -> int:
-    connection = psycopg2.connect(dbname=db, **PG)
+def count(db: str, sql: str, params: tuple = (), server: dict | None = None) -> int:
+    """The number ``sql`` selects in ``db`` (on ``server``, by default the machine's)."""
+    connection = psycopg2.connect(dbname=db, **(server or PG))
     with connection.cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(sql, params)
         (value,) = cursor.fetchone() or (0,)
     connection.close()
     return int(value)
@@ -127,15 +128,8 @@ def own_postgres() -> Iterator[tuple[int, Callable[[], None]]]:
 
 
 def events_of(port: int, event_type: str, step: str) -> int:
-    connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-    with connection, connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM event_logs WHERE dagster_event_type = %s AND step_key = %s",
-            (event_type, step),
-        )
-        (value,) = cursor.fetchone() or (0,)
-    connection.close()
-    return int(value)
+    sql = "SELECT count(*) FROM event_logs WHERE dagster_event_type = %s AND step_key = %s"
+    return count("postgres", sql, (event_type, step), {**PG, "port": port, "user": "postgres"})
 
 
 @pytest.mark.integration
@@ -182,8 +176,5 @@ def test_a_postgres_restart_mid_run_ends_the_run_cleanly_and_a_rerun_succeeds(
         assert second.status == dg.DagsterRunStatus.SUCCESS
     artifacts = ArtifactStore(f"file://{tmp_path / 'lepton' / 'artifacts'}")
     assert artifacts.read_json(f"validated/{day}.json")["check_passed"]
-    connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-    with connection, connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM lepton_ids WHERE day = %s", (day,))
-        assert cursor.fetchone() == (rows,)
-    connection.close()
+    sql = "SELECT count(*) FROM lepton_ids WHERE day = %s"
+    assert count("postgres", sql, (day,), {**PG, "port": port, "user": "postgres"}) == rows
