@@ -8,19 +8,16 @@ pads), so every rank runs the same number of steps; rows are shuffled again with
 of a few row groups. For evaluation nothing is shuffled or padded: rank ``r`` scores rows
 ``[r·rows/size, (r+1)·rows/size)``, and the sums over ranks count every row once.
 
-A rank holds a bounded number of row groups, whatever the size of the dataset: the buffer of
-``buffer_groups`` being trained on (plus one batch), the next buffer, read ahead in a thread
-so reading overlaps the steps (``DataLoader`` prefetches with worker processes; a thread needs
-no copy between processes and no fork of a process running Horovod's threads), and the last
-``buffer_groups`` row groups read, kept so that a part within one buffer is read from storage
-once rather than every epoch. Batches are made from Polars frames of whole row-group slices
-(no Python per row) with the same encoders as ``data.load_tensors``.
+A rank holds at most ``buffer_groups`` row groups being trained on (plus one batch) and the
+last ``buffer_groups`` row groups read, kept so that a part within one buffer is read from
+storage once rather than every epoch; its memory does not depend on the size of the dataset.
+Batches are made from Polars frames of whole row-group slices (no Python per row) with the
+same encoders as ``data.load_tensors``.
 """
 
 import functools
 import math
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -116,31 +113,12 @@ class ShardStream(IterableDataset):
         permutation = torch.from_numpy(rng.permutation(frame.height))
         return [t[permutation] for t in tensors]
 
-    def frames(self) -> Iterator[pl.DataFrame]:
-        """Each buffer's rows in order; the next buffer is read in a thread while this one is
-        trained on. Only Parquet and Polars run there: a torch kernel in a second thread
-        starts a second OpenMP team, and with more OpenMP threads than cores libgomp stops
-        spinning between kernels (it cost a third of the step rate on this 2-core machine)."""
-        pieces = self.pieces()
-        chunks = [
-            pieces[at : at + self.buffer_groups] for at in range(0, len(pieces), self.buffer_groups)
-        ]
-
-        def load(part: list[Piece]) -> pl.DataFrame:
-            return pl.concat([self.read(p) for p in part], how="vertical_relaxed")
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-read") as reader:
-            ahead: Future[pl.DataFrame] | None = None
-            for chunk, part in enumerate(chunks):
-                current = ahead or reader.submit(load, part)
-                last = chunk + 1 == len(chunks)
-                ahead = None if last else reader.submit(load, chunks[chunk + 1])
-                yield current.result()  # a failed read raises here, in the training loop
-
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        batch = self.batch_size
+        pieces, batch = self.pieces(), self.batch_size
         carry: list[torch.Tensor] | None = None
-        for chunk, frame in enumerate(self.frames()):
+        for chunk, at in enumerate(range(0, len(pieces), self.buffer_groups)):
+            parts = [self.read(p) for p in pieces[at : at + self.buffer_groups]]
+            frame = pl.concat(parts, how="vertical_relaxed")
             tensors = self.tensors(frame, chunk)
             if carry is not None:
                 tensors = [torch.cat([c, t]) for c, t in zip(carry, tensors, strict=True)]

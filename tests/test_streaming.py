@@ -1,10 +1,6 @@
 """A rank's stream over row groups of a split's shards: coverage, equal steps, shuffling,
 bounded reads, and a built dataset split into day shards."""
 
-import itertools
-import time
-from threading import current_thread
-
 import polars as pl
 import pytest
 import torch
@@ -37,10 +33,6 @@ def dataset(artifacts: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.setattr(data, "ROW_GROUP_ROWS", 40)  # many row groups from small days
     version, _ = build_dataset(artifacts, SPEC, write_days(artifacts, days=3, rows=400))
     return read_dataset_info(artifacts, version)
-
-
-def thread_name() -> str:
-    return current_thread().name
 
 
 def values(stream: ShardStream) -> list[float]:
@@ -103,43 +95,6 @@ def test_a_rank_holds_at_most_its_buffer_of_row_groups(
     assert max(held) <= 2 * 40 and sum(held) == stream.rows
     assert all(len(b[0]) == 16 for b in batches[:-1])
     assert isinstance(batches[0][0], torch.Tensor) and batches[0][0].shape[1:] == (1,)
-
-
-def test_the_next_buffer_is_read_ahead_in_a_thread_and_tensors_made_in_the_caller(
-    artifacts: ArtifactStore, dataset: dict, monkeypatch: pytest.MonkeyPatch
-):
-    stream = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, buffer_groups=2)
-    reads: list[str] = []
-    made: list[str] = []
-    read, tensors = stream.read, stream.tensors
-    monkeypatch.setattr(stream, "read", lambda p: reads.append(thread_name()) or read(p))
-    monkeypatch.setattr(stream, "tensors", lambda f, c: made.append(thread_name()) or tensors(f, c))
-    batches = iter(stream)
-    next(batches)  # the first buffer is in use; the second is read meanwhile
-    deadline = time.monotonic() + 10
-    while len(reads) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(reads) == 4 and len(made) == 1
-    rest = list(batches)
-    assert {name.split("_")[0] for name in reads} == {"shard-read"}
-    assert set(made) == {"MainThread"}  # torch kernels stay in the training thread
-    assert sum(len(b[0]) for b in rest) + 16 == stream.rows
-
-
-def test_a_failed_read_raises_in_the_training_loop(
-    artifacts: ArtifactStore, dataset: dict, monkeypatch: pytest.MonkeyPatch
-):
-    stream = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, buffer_groups=2)
-    calls = itertools.count()
-
-    def read(key: str, index: int) -> pl.DataFrame:
-        if next(calls) == 2:
-            raise OSError(f"{key}: connection reset")
-        return artifacts.read_row_group(key, index)
-
-    monkeypatch.setattr(stream, "read_group", read)
-    with pytest.raises(OSError, match="connection reset"):
-        list(stream)
 
 
 def test_a_part_within_the_buffer_is_read_once_and_a_larger_one_is_not_kept(
