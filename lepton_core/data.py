@@ -17,7 +17,7 @@ them), ``categorical`` int64 [B, k] (index 0 is the unknown bucket) and ``image`
 import hashlib
 import json
 from collections import Counter
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,7 +25,7 @@ import polars_hash as plh
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from lepton_core.drift import category_summary, image_brightness, numeric_summary, value_counts
+from lepton_core.drift import category_summary, image_brightness, value_counts
 from lepton_core.images import IMAGE_PIXELS
 from lepton_core.keys import (
     dataset_info_key,
@@ -35,6 +35,7 @@ from lepton_core.keys import (
     shard_prefix,
     validated_key,
 )
+from lepton_core.sketch import NumberSketch, numeric_statistics
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 
@@ -81,17 +82,6 @@ def split_expr(id_column: str, val_percent: int = 10, test_percent: int = 10) ->
 
 def assign_splits(frame: pl.DataFrame, id_column: str) -> pl.DataFrame:
     return frame.with_columns(split_expr(id_column).alias(SPLIT_COLUMN))
-
-
-def numeric_statistics(values: pl.Series, impute: str) -> tuple[float, float, float]:
-    """(fill, mean, std) of one numeric feature's non-null train values. An all-null feature
-    fills 0 with mean 0 and std 1; a constant one gets std 1."""
-    if len(values) == 0:
-        return 0.0, 0.0, 1.0
-    mean = float(cast(float, values.mean()))
-    fill = float(cast(float, values.median())) if impute == "median" else mean
-    std = cast(float | None, values.std())
-    return fill, mean, float(std) if std and std > 1e-8 else 1.0
 
 
 def preprocessing_of(
@@ -243,13 +233,15 @@ def write_shard(store: ArtifactStore, spec: DatasetSpec, manifest: dict) -> dict
 def train_statistics(
     store: ArtifactStore, spec: DatasetSpec, keys: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(preprocessing, drift reference) of the train split in ``keys``, read one column at a
-    time: a number column's non-null values are held for its median and deciles (8 bytes a
-    row), categories and classes are counted file by file, images reduced to brightness."""
+    """(preprocessing, drift reference) of the train split in ``keys``, read one column of
+    one file at a time: numbers (and images' brightness) go into a ``NumberSketch`` of
+    bounded size, categories and classes are counted."""
 
-    def numbers(column: str) -> pl.Series:
-        parts = [store.read_parquet(k, columns=[column]).to_series() for k in keys]
-        return pl.concat(parts).drop_nulls()
+    def numbers(column: str) -> NumberSketch:
+        sketch = NumberSketch()
+        for key in keys:
+            sketch.add(store.read_parquet(key, columns=[column]).to_series())
+        return sketch
 
     def counts(column: str) -> dict[Any, int]:
         total: Counter = Counter()
@@ -258,10 +250,10 @@ def train_statistics(
         return dict(total)
 
     stats, summary = [], {}
-    for column in spec.feature_columns:  # one column in memory at a time
+    for column in spec.feature_columns:
         values = numbers(column)
-        stats.append(numeric_statistics(values, spec.impute))
-        summary[column] = numeric_summary(values.to_numpy()) if len(values) else None
+        stats.append(values.statistics(spec.impute))
+        summary[column] = values.summary()
     vocab: dict[str, list] = {}
     for column in spec.categorical_columns:
         found = counts(column)
@@ -271,11 +263,14 @@ def train_statistics(
     summary[label] = (
         category_summary(list(spec.classes), counts(label))
         if spec.classes is not None
-        else numeric_summary(numbers(label).to_numpy())
+        else numbers(label).summary()
     )
     if spec.image is not None:
-        brightness = [image_brightness(store.read_parquet(k, columns=[IMAGE_PIXELS])) for k in keys]
-        summary[spec.image.column] = numeric_summary(np.concatenate(brightness))
+        brightness = NumberSketch()
+        for key in keys:
+            pixels = store.read_parquet(key, columns=[IMAGE_PIXELS])
+            brightness.add(pl.Series(image_brightness(pixels)))
+        summary[spec.image.column] = brightness.summary()
     return preprocessing_of(spec, stats, vocab), summary
 
 
@@ -285,7 +280,7 @@ def build_dataset(
     """Split each validated day into its shard (days already split are reused), learn
     preprocessing and the drift reference from the train shards, write; (version, info).
 
-    Memory holds one day, or one numeric column of the train split, at a time."""
+    Memory holds one day, or one column of one train file, at a time."""
     ordered = sorted(partitions, key=lambda m: m["partition"])
     fingerprint = json.dumps(
         {"spec": spec.model_dump(), "parts": [(m["partition"], m["sha256"]) for m in ordered]},

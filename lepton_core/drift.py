@@ -11,6 +11,7 @@ features over the training vocabulary (unseen values as one more share); images 
 brightness (mean pixel). PSI below 0.1 is usually read as stable, above 0.25 as a real shift.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,17 +20,29 @@ import polars as pl
 from lepton_core.images import IMAGE_PIXELS
 from lepton_core.spec import DatasetSpec
 
+DECILES = np.linspace(0, 1, 11)
 EPSILON = 1e-4  # floor on a bin's share, so an empty bin does not make PSI infinite
 
 
 def numeric_summary(reference: np.ndarray) -> dict[str, list[float]]:
     """The reference's decile bins (inner edges) and its share in each."""
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, 11)))
+
+    def shares(inner: np.ndarray) -> np.ndarray:
+        return np.histogram(reference, bin_edges(inner))[0] / len(reference)
+
+    return binned_summary(np.quantile(reference, DECILES), shares)
+
+
+def binned_summary(
+    deciles: np.ndarray, shares_in: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, list[float]]:
+    """Bins between the distinct deciles (two around a constant) and ``shares_in(inner
+    edges)``, the share in each (a value on an edge counts in the bin above it)."""
+    edges = np.unique(deciles)
     if len(edges) < 2:  # a constant reference
         edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
     inner = edges[1:-1]
-    shares = np.histogram(reference, bin_edges(inner))[0] / len(reference)
-    return {"bins": inner.tolist(), "shares": shares.tolist()}
+    return {"bins": inner.tolist(), "shares": np.asarray(shares_in(inner)).tolist()}
 
 
 def bin_edges(inner: Any) -> np.ndarray:
