@@ -19,29 +19,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-import psycopg2
 
 from lepton_assets.demo import digits_day
 from resources.horovod_launcher import stop_processes_with
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PG = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("LEPTON_TEST_PG_USER", "postgres")}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' service helpers
+from tests.services import BIN, ROOT, database_url, instance_env, start, throwaway_database  # noqa: E402
+
 QUEUE = "dagster"  # dagster-celery's one queue
-
-
-def admin(sql: str) -> None:
-    connection = psycopg2.connect(dbname="postgres", **PG)
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-    connection.close()
 
 
 def dagster(env: dict[str, str], *args: str) -> None:
@@ -50,17 +40,11 @@ def dagster(env: dict[str, str], *args: str) -> None:
 
 
 def stack_env(home: Path, db: str) -> dict[str, str]:
-    pg = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
     return {
         **os.environ,
-        "DAGSTER_HOME": str(home / "dagster_home"),
-        "DAGSTER_PG_HOST": PG["host"],
-        "DAGSTER_PG_PORT": str(PG["port"]),
-        "DAGSTER_PG_DB": db,
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "unused",
+        **instance_env(home / "dagster_home", db),
         "LEPTON_HOME": str(home),
-        "LEPTON_ID_INDEX_URL": pg,
+        "LEPTON_ID_INDEX_URL": database_url(db),
         "LEPTON_EXECUTOR": "celery",
         "LEPTON_CELERY_BROKER": "pyamqp://guest:guest@127.0.0.1:5672//",
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -71,17 +55,6 @@ def land(home: Path, days: list[str], rows: int) -> None:
     for i, day in enumerate(days):
         (home / "landing" / day).mkdir(parents=True)
         digits_day(rows, f"d{i}").write_parquet(home / "landing" / day / "batch.parquet")
-
-
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def wait_for_runs(env: dict[str, str], count: int) -> Sequence[dg.DagsterRun]:
@@ -96,8 +69,12 @@ def wait_for_runs(env: dict[str, str], count: int) -> Sequence[dg.DagsterRun]:
 
 def backfill_seconds(workers: int, days: list[str], rows: int) -> float:
     """Seconds from the backfill's submission until all its runs ended, on ``workers``."""
-    db = f"lepton_bench_{uuid.uuid4().hex[:12]}"
-    admin(f'CREATE DATABASE "{db}"')
+    with throwaway_database("lepton_bench") as db:
+        return timed_backfill(db, workers, days, rows)
+
+
+def timed_backfill(db: str, workers: int, days: list[str], rows: int) -> float:
+    """``backfill_seconds`` on a stack whose instance and id index are in ``db``."""
     home = Path(tempfile.mkdtemp(prefix="lepton-backfill-"))
     env = stack_env(home, db)
     (home / "dagster_home").mkdir()
@@ -133,8 +110,6 @@ def backfill_seconds(workers: int, days: list[str], rows: int) -> float:
         # What the daemon started (its code server, run processes) left its process group.
         stop_processes_with("DAGSTER_HOME", env["DAGSTER_HOME"])
         subprocess.run(["rabbitmqctl", "purge_queue", QUEUE], capture_output=True)
-        admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
-        admin(f'DROP DATABASE "{db}"')
     shutil.rmtree(home, ignore_errors=True)
     return seconds
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,23 +21,11 @@ from lepton_assets.demo import digits_day, seed_landing
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import stop_processes_with
 
-from .test_postgres import PG, count, instance_env, throwaway_db  # noqa: F401  (the fixture)
+from .services import BIN, ROOT, database_url, instance_env, start
+from .test_postgres import count, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import BUCKET, free_port, s3_endpoint  # noqa: F401  (the fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
-
-
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -74,13 +61,12 @@ def celery_stack(
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    pg = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{throwaway_db}"
     settings = {
         **instance_env(home, throwaway_db),
         "LEPTON_HOME": str(tmp_path / "lepton"),
         "LEPTON_LANDING_URI": f"s3://{BUCKET}/celery/landing",
         "LEPTON_ARTIFACTS_URI": f"s3://{BUCKET}/celery/artifacts",
-        "LEPTON_ID_INDEX_URL": pg,
+        "LEPTON_ID_INDEX_URL": database_url(throwaway_db),
         "LEPTON_EXECUTOR": "celery",
         "LEPTON_CELERY_BROKER": "pyamqp://guest:guest@127.0.0.1:5672//",
         "PATH": f"{BIN}:{os.environ['PATH']}",

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from lepton_core.id_index import CHUNK, IdIndex, redacted
 from resources.artifact_store import ArtifactStoreResource
 
-from .test_postgres import PG, throwaway_db  # noqa: F401  (the fixture)
+from .services import database_url
+from .test_postgres import throwaway_db  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -18,7 +19,7 @@ def index(request: pytest.FixtureRequest, tmp_path: Path):
         url = f"sqlite:///{tmp_path / 'ids.sqlite'}"
     else:
         db = request.getfixturevalue("throwaway_db")
-        url = f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
+        url = database_url(db)
     made = IdIndex(url)
     yield made
     made.dispose()

@@ -5,10 +5,8 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import PIPE
@@ -21,40 +19,14 @@ from lepton_assets.definitions import defs
 from lepton_assets.demo import digits_day
 from lepton_core.store import ArtifactStore
 
+from .services import BIN, PG, ROOT, instance_env, throwaway_database
 from .test_s3 import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PG = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("LEPTON_TEST_PG_USER", "postgres")}
-
-
-def admin(sql: str) -> None:
-    connection = psycopg2.connect(dbname="postgres", **PG)
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-    connection.close()
 
 
 @pytest.fixture
-def throwaway_db():
-    name = f"lepton_test_{uuid.uuid4().hex[:12]}"
-    admin(f'CREATE DATABASE "{name}"')
-    yield name
-    admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-    admin(f'DROP DATABASE "{name}"')
-
-
-def instance_env(home: Path, db: str) -> dict[str, str]:
-    """The variables deploy/dagster.yaml reads, for an instance in ``db``."""
-    return {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_HOST": PG["host"],
-        "DAGSTER_PG_PORT": str(PG["port"]),
-        "DAGSTER_PG_DB": db,
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "unused",  # trust authentication on loopback
-    }
+def throwaway_db() -> Iterator[str]:
+    with throwaway_database("lepton_test") as name:
+        yield name
 
 
 def count(db: str, sql: str, params: tuple = (), server: dict | None = None) -> int:

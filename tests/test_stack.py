@@ -17,7 +17,8 @@ import yaml
 
 from resources.horovod_launcher import stop_processes_with
 
-from .test_postgres import instance_env, throwaway_db  # noqa: F401  (the fixture)
+from .services import instance_env
+from .test_postgres import throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
