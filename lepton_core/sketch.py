@@ -39,20 +39,19 @@ class NumberSketch:
     def __init__(self) -> None:
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
         self.kept: list[pl.Series] | None = []  # None once past EXACT_LIMIT
-        self.digest: TDigest | None = None
+        self.digest: TDigest | None = None  # made when the kept values are dropped
 
     def add(self, values: pl.Series) -> None:
         """One part's values; nulls are skipped."""
         values = values.drop_nulls().cast(pl.Float64)
-        n = len(values)
-        if n == 0:
+        if len(values) == 0:
             return
-        mean = float(cast(float, values.mean()))
-        m2 = float(((values - mean) ** 2).sum())
-        total, delta = self.count + n, mean - self.mean
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.mean += delta * n / total
-        self.count = total
+        self.merge_moments(values)
+        if self.kept is not None:
+            self.kept.append(values)
+            if self.count <= EXACT_LIMIT:
+                return
+            values, self.kept = pl.concat(self.kept), None
         # Any: from_values reads a NumPy array directly (its stub says Sequence[float]).
         array: Any = values.to_numpy()
         digest = TDigest.from_values(array, max_centroids=CENTROIDS)
@@ -60,10 +59,15 @@ class NumberSketch:
             self.digest = digest
         else:
             self.digest.merge_inplace(digest)
-        if self.kept is not None:
-            self.kept.append(values)
-            if self.count > EXACT_LIMIT:
-                self.kept = None
+
+    def merge_moments(self, values: pl.Series) -> None:
+        """Count, mean and sum of squared deviations, merged with this part's (Chan et al.)."""
+        n, mean = len(values), float(cast(float, values.mean()))
+        m2 = float(((values - mean) ** 2).sum())
+        total, delta = self.count + n, mean - self.mean
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
 
     def exact(self) -> pl.Series | None:
         """All the values, while they are kept."""
