@@ -40,8 +40,10 @@ def throwaway_database(prefix: str) -> Iterator[str]:
         admin(f'DROP DATABASE "{name}"')
 
 
-def database_url(db: str) -> str:
-    return f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{db}"
+def database_url(db: str, server: dict | None = None) -> str:
+    """SQLAlchemy's URL of ``db`` on ``server`` (by default the machine's, ``PG``)."""
+    at = server or PG
+    return f"postgresql://{at['user']}@{at['host']}:{at['port']}/{db}"
 
 
 def instance_env(home: Path, db: str) -> dict[str, str]:

@@ -232,7 +232,8 @@ def test_a_step_whose_worker_dies_is_run_again_on_another_worker(celery_stack):
         assert sorted(str(r.step_key) for r in materialized) == ["raw_batches", "validated_batches"]
     artifacts = ArtifactStore(env["LEPTON_ARTIFACTS_URI"])
     assert artifacts.read_json(f"validated/{day}.json")["check_passed"]
-    claimed = count(env["DAGSTER_PG_DB"], f"SELECT count(*) FROM lepton_ids WHERE day = '{day}'")
+    sql = "SELECT count(*) FROM lepton_ids WHERE day = %s"
+    claimed = count(env["DAGSTER_PG_DB"], sql, (day,))
     assert claimed == rows
 
 

@@ -19,7 +19,7 @@ from lepton_assets.definitions import defs
 from lepton_assets.demo import digits_day
 from lepton_core.store import ArtifactStore
 
-from .services import BIN, PG, ROOT, instance_env, throwaway_database
+from .services import BIN, PG, ROOT, database_url, instance_env, throwaway_database
 from .test_s3 import free_port
 
 
@@ -99,9 +99,9 @@ def own_postgres() -> Iterator[tuple[int, Callable[[], None]]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def events_of(port: int, event_type: str, step: str) -> int:
+def events_of(server: dict, event_type: str, step: str) -> int:
     sql = "SELECT count(*) FROM event_logs WHERE dagster_event_type = %s AND step_key = %s"
-    return count("postgres", sql, (event_type, step), {**PG, "port": port, "user": "postgres"})
+    return count("postgres", sql, (event_type, step), server)
 
 
 @pytest.mark.integration
@@ -113,6 +113,7 @@ def test_a_postgres_restart_mid_run_ends_the_run_cleanly_and_a_rerun_succeeds(
     validated: the run ends (SUCCESS, or FAILURE recorded), never hangs STARTED; a rerun of
     the day succeeds and leaves the day's ids claimed once."""
     port, restart = own_postgres
+    server = {**PG, "port": port, "user": "postgres"}
     day, rows = "2026-03-01", 400_000
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -122,7 +123,7 @@ def test_a_postgres_restart_mid_run_ends_the_run_cleanly_and_a_rerun_succeeds(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
     env.update(
         LEPTON_HOME=str(tmp_path / "lepton"),
-        LEPTON_ID_INDEX_URL=f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        LEPTON_ID_INDEX_URL=database_url("postgres", server),
     )
     landing = tmp_path / "lepton" / "landing" / day
     landing.mkdir(parents=True)
@@ -133,10 +134,10 @@ def test_a_postgres_restart_mid_run_ends_the_run_cleanly_and_a_rerun_succeeds(
         pass  # the schema, before the run's processes open the database
     run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=PIPE)
     deadline = time.monotonic() + 300
-    while not events_of(port, "STEP_START", "validated_batches"):
+    while not events_of(server, "STEP_START", "validated_batches"):
         assert run.poll() is None and time.monotonic() < deadline, "validation never started"
         time.sleep(0.2)
-    assert not events_of(port, "STEP_SUCCESS", "validated_batches")
+    assert not events_of(server, "STEP_SUCCESS", "validated_batches")
     restart()
     _, failed = run.communicate(timeout=300)
     print(run.returncode, failed.decode()[-3000:])  # noqa: T201  (shown when the test fails)
@@ -149,4 +150,4 @@ def test_a_postgres_restart_mid_run_ends_the_run_cleanly_and_a_rerun_succeeds(
     artifacts = ArtifactStore(f"file://{tmp_path / 'lepton' / 'artifacts'}")
     assert artifacts.read_json(f"validated/{day}.json")["check_passed"]
     sql = "SELECT count(*) FROM lepton_ids WHERE day = %s"
-    assert count("postgres", sql, (day,), {**PG, "port": port, "user": "postgres"}) == rows
+    assert count("postgres", sql, (day,), server) == rows
