@@ -27,7 +27,7 @@ import pandas as pd
 import polars as pl
 
 from lepton_assets.demo import digits_day
-from lepton_assets.ingestion import read_landing_file
+from lepton_core.rows import read_landing_file
 from lepton_core.spec import DIGITS_SPEC
 from resources.expectations import ExpectationsResource, build_suite
 

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from lepton_assets.ingestion import read_landing_file
+from lepton_core.rows import read_landing_file
 from lepton_core.spec import DatasetSpec
 
 

@@ -13,10 +13,11 @@ import dagster as dg
 import polars as pl
 
 from lepton_assets.batch_checks import drift_reference, ids_in_other_days
-from lepton_assets.ingestion import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW, raw_batches
+from lepton_assets.ingestion import raw_batches
 from lepton_assets.partitions import daily_partitions_def
 from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
+from lepton_core.rows import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW
 from resources.artifact_store import ArtifactStoreResource
 from resources.expectations import (
     ExpectationsResource,
@@ -99,7 +100,7 @@ def validated_batches(
     day = context.partition_key
     raw = store.read_parquet(raw_key(day))
     suite = build_suite(spec)
-    result = expectations.run_suite(raw.select(spec.columns), suite)
+    result = expectations.run_suite(raw.select(spec.columns), suite, spec.suite_parameters)
     clean, rejected = split_by_failures(raw, row_failures(result))
     batch_failures = table_failures(result)
 

@@ -27,7 +27,7 @@ import torch.fx
 from torch import nn
 from torch.nn.utils import prune
 
-from lepton_core.data import load_tensors
+from lepton_core.data import load_tensors, target_scaling
 from lepton_core.models import (
     BUILTIN,
     LeptonModel,
@@ -42,7 +42,7 @@ from lepton_core.models import (
 from lepton_core.plots import pareto_png
 from lepton_core.spec import CompressionSettings
 from lepton_core.store import ArtifactStore
-from lepton_core.tasks import Loss, Task, task_of
+from lepton_core.tasks import Loss, Task, significant, task_of
 from lepton_core.usercode import resolve
 
 Inputs = list[torch.Tensor]
@@ -53,9 +53,13 @@ class Unsupported(Exception):
     """This variant does not apply to this model; the message says why."""
 
 
-def metric(model: nn.Module, inputs: Inputs, target: torch.Tensor, task: Task) -> float:
+def metric(
+    model: nn.Module, inputs: Inputs, target: torch.Tensor, task: Task, unit: float = 1.0
+) -> float:
+    """The task's validation metric; a regression's RMSE in the target's unit (``unit``: the
+    standard deviation the encoded target was scaled by)."""
     outputs = predict_outputs(model, inputs)
-    return task.metric_value(task.metric_sums(outputs, target), float(target.shape[0]))
+    return task.metric_value(task.metric_sums(outputs, target), float(target.shape[0]), unit)
 
 
 def prunable(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
@@ -181,7 +185,7 @@ def latency_ms(model: nn.Module, batch: Inputs, repeats: int = 50) -> list[float
 
 
 def measure(
-    model: nn.Module, inputs: Inputs, target: torch.Tensor, task: Task
+    model: nn.Module, inputs: Inputs, target: torch.Tensor, task: Task, unit: float = 1.0
 ) -> dict[str, float | int]:
     """Size on disk (raw and gzipped), the validation metric, CPU latency p50/p95 at batch 1,
     batch-256 throughput. Latency runs on one thread so variants compare fairly."""
@@ -199,7 +203,7 @@ def measure(
     return {
         "size_bytes": len(weights),
         "size_gzip_bytes": len(gzip.compress(weights, mtime=0)),
-        task.metric: round(metric(model, inputs, target, task), 5),
+        task.metric: significant(metric(model, inputs, target, task, unit)),
         "latency_b1_p50_ms": round(statistics.median(b1), 4),
         "latency_b1_p95_ms": round(statistics.quantiles(b1, n=20)[18], 4),
         "throughput_b256_per_s": round(256 / (statistics.median(b256) / 1000), 1),
@@ -283,6 +287,7 @@ def compress_model(
     info = store.read_json(f"{source}/model.json")
     version, task = info["dataset_version"], task_of(info["dataset_info"]["task"])
     val, train = load_tensors(store, version, "val"), load_tensors(store, version, "train")
+    unit = target_scaling(info["preprocessing"])[1]
     loss_fn = resolve(info["loss"], info.get("code_path"), "loss") if info.get("loss") else None
 
     def base() -> LeptonModel:
@@ -298,7 +303,7 @@ def compress_model(
     for variant, build in builders.items():
         try:
             model, extra = build()
-            measured = measure(model, *val, task)
+            measured = measure(model, *val, task, unit)
         except Exception as exc:  # recorded and reported: the variant is skipped, not hidden
             if variant == "fp32":
                 raise

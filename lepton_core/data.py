@@ -4,9 +4,15 @@ The split of a sample is a hash of its id, so it never changes as days are added
 is split once into its own shard (``shards/<day>-<digest>/{train,val,test}.parquet``); a
 dataset version is the list of its days' shards, so a retrain splits only new days and a
 training rank streams row groups of the shards (``streaming``). What the model needs to read
-raw values (imputation values, standardization, categorical vocabularies) is learned from
-the train split once, stored in ``dataset.json`` as ``preprocessing`` and copied into every
-model's description.
+raw values (imputation values, standardization, categorical vocabularies, the regression
+target's location and scale) is learned from the train split once, stored in ``dataset.json``
+as ``preprocessing`` and copied into every model's description. Whatever scores a model
+encodes raw rows with that model's own preprocessing (``models.predict_rows``).
+
+Targets: a class label (an integer, string or boolean declared in ``classes``) becomes its
+index in ``classes``; a regression target is standardized with the train split's mean and
+standard deviation, so a model (and a user's loss) sees values of unit scale whatever the
+target's unit, and ``unscale_target`` turns outputs back into the target's unit.
 
 A model's ``forward`` takes one tensor per input, in ``DatasetSpec.input_names`` order:
 ``numeric`` float32 [B, n] (nulls as NaN; the model's ``Preprocess`` fills and standardizes
@@ -36,13 +42,18 @@ from lepton_core.keys import (
     validated_key,
 )
 from lepton_core.sketch import NumberSketch, numeric_statistics
-from lepton_core.spec import DatasetSpec
+from lepton_core.spec import Classes, DatasetSpec
 from lepton_core.store import ArtifactStore
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "_split"
 UNKNOWN = 0  # the categorical index of a value outside the vocabulary (or null)
-ROW_GROUP_ROWS = 16_384  # rows per Parquet row group of a shard: what a rank reads at once
+# A shard's Parquet row group is what a rank reads at once: at most ROW_GROUP_ROWS rows and
+# about ROW_GROUP_BYTES in memory, whichever is fewer rows. Sized by bytes too, so that a rank
+# holding a few groups (as float32: image pixels take 4x their stored bytes) stays bounded for
+# any image size: 16,384 rows of 224x224x3 images would be 2.5 GB a group.
+ROW_GROUP_ROWS = 16_384
+ROW_GROUP_BYTES = 16 * 2**20
 
 
 class DatasetInfo(BaseModel):
@@ -57,7 +68,7 @@ class DatasetInfo(BaseModel):
     categorical_cardinalities: list[int]  # vocabulary size + 1 (the unknown bucket)
     image_shape: list[int] | None
     num_outputs: int  # classes, or 1 for regression
-    classes: list[int] | None
+    classes: Classes | None
 
 
 def split_expr(id_column: str, val_percent: int = 10, test_percent: int = 10) -> pl.Expr:
@@ -85,22 +96,31 @@ def assign_splits(frame: pl.DataFrame, id_column: str) -> pl.DataFrame:
 
 
 def preprocessing_of(
-    spec: DatasetSpec, stats: list[tuple[float, float, float]], vocab: dict[str, list]
+    spec: DatasetSpec,
+    stats: list[tuple[float, float, float]],
+    vocab: dict[str, list],
+    target: tuple[float, float, float] | None,
 ) -> dict[str, Any]:
-    """The ``preprocessing`` record from each numeric feature's ``numeric_statistics``."""
+    """The ``preprocessing`` record from each numeric feature's ``numeric_statistics`` (and
+    the regression target's)."""
     fill, mean, std = ([column[i] for column in stats] for i in range(3))
-    return {
+    record: dict[str, Any] = {
         "numeric": {"columns": spec.feature_columns, "fill": fill, "mean": mean, "std": std},
         "categorical": vocab,
     }
+    if target is not None:
+        record["target"] = {"mean": target[1], "std": target[2]}
+    return record
 
 
 def fit_preprocessing(train: pl.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
-    """Imputation values, mean and std of numeric features, and categorical vocabularies,
-    all from the train split (a frame in memory)."""
+    """Imputation values, mean and std of numeric features, categorical vocabularies and the
+    regression target's mean and std, all from the train split (a frame in memory)."""
     stats = [numeric_statistics(train[c].drop_nulls(), spec.impute) for c in spec.feature_columns]
     vocab = {c: sorted(train[c].drop_nulls().unique().to_list()) for c in spec.categorical_columns}
-    return preprocessing_of(spec, stats, vocab)
+    label = train[spec.label_column].cast(pl.Float64) if spec.classes is None else None
+    target = numeric_statistics(label, "mean") if label is not None else None
+    return preprocessing_of(spec, stats, vocab, target)
 
 
 def dataset_description(spec: DatasetSpec, preprocessing: dict[str, Any]) -> DatasetInfo:
@@ -118,13 +138,17 @@ def dataset_description(spec: DatasetSpec, preprocessing: dict[str, Any]) -> Dat
     )
 
 
-def encode_categorical(frame: pl.DataFrame, vocab: dict[str, list[str]]) -> torch.Tensor:
-    """Vocabulary indices (1-based); unseen values and nulls get ``UNKNOWN``."""
+def encode_categorical(
+    frame: pl.DataFrame, columns: list[str], vocab: dict[str, list[str]]
+) -> torch.Tensor:
+    """Vocabulary indices (1-based) of ``columns``, in that order (the spec's, which
+    ``DatasetInfo.categorical_cardinalities`` follows; the stored vocabulary's keys are
+    sorted); unseen values and nulls get ``UNKNOWN``."""
     codes = frame.select(
         pl.col(c)
-        .replace_strict(values, list(range(1, len(values) + 1)), default=UNKNOWN)
+        .replace_strict(vocab[c], list(range(1, len(vocab[c]) + 1)), default=UNKNOWN)
         .cast(pl.Int64)
-        for c, values in vocab.items()
+        for c in columns
     )
     return torch.from_numpy(codes.to_numpy().astype("int64"))
 
@@ -144,20 +168,46 @@ def encode_inputs(
         numeric = frame.select(pl.col(spec.feature_columns).cast(pl.Float64)).to_numpy()
         inputs.append(torch.from_numpy(numeric.astype("float32")))
     if spec.categorical_columns:
-        inputs.append(encode_categorical(frame, preprocessing["categorical"]))
+        inputs.append(
+            encode_categorical(frame, spec.categorical_columns, preprocessing["categorical"])
+        )
     if spec.image is not None:
         inputs.append(encode_images(frame, spec.image.shape))
     return inputs
 
 
-def encode_target(frame: pl.DataFrame, spec: DatasetSpec) -> torch.Tensor:
-    """Class indices (classification) or float32 values (regression)."""
+def target_values(frame: pl.DataFrame, spec: DatasetSpec) -> torch.Tensor:
+    """The truth in the user's terms: class indices in ``classes`` order (the one place a
+    label becomes an index), or float64 values in the target's unit."""
     if spec.classes is None:
-        return torch.tensor(
-            frame[spec.label_column].cast(pl.Float64).to_numpy(), dtype=torch.float32
-        )
+        return torch.from_numpy(frame[spec.label_column].cast(pl.Float64).to_numpy().copy())
     index = frame[spec.label_column].replace_strict(spec.classes, list(range(len(spec.classes))))
     return torch.tensor(index.cast(pl.Int64).to_numpy())
+
+
+def target_scaling(preprocessing: dict[str, Any]) -> tuple[float, float]:
+    """(mean, std) a regression target was standardized with; (0, 1) for classification and
+    for models trained before targets were scaled (they learned raw values)."""
+    target = preprocessing.get("target")
+    return (target["mean"], target["std"]) if target else (0.0, 1.0)
+
+
+def encode_target(
+    frame: pl.DataFrame, spec: DatasetSpec, preprocessing: dict[str, Any]
+) -> torch.Tensor:
+    """What a model trains on: class indices, or the standardized target as float32."""
+    values = target_values(frame, spec)
+    if spec.classes is not None:
+        return values
+    mean, std = target_scaling(preprocessing)
+    return ((values - mean) / std).float()
+
+
+def unscale_target(outputs: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
+    """Regression outputs ([B] or [B, 1], standardized) as float64 values in the target's
+    unit: what leaves a model for evaluation, predict and serving."""
+    mean, std = target_scaling(preprocessing)
+    return outputs.reshape(outputs.shape[0]).double() * std + mean
 
 
 def dummy_inputs(info: DatasetInfo, batch: int = 2) -> list[torch.Tensor]:
@@ -194,7 +244,8 @@ def load_tensors(
     info = read_dataset_info(store, version)
     spec = DatasetSpec.model_validate(info["spec"])
     frame = load_split(store, version, split)
-    return encode_inputs(frame, spec, info["preprocessing"]), encode_target(frame, spec)
+    preprocessing = info["preprocessing"]
+    return encode_inputs(frame, spec, preprocessing), encode_target(frame, spec, preprocessing)
 
 
 def accepted_partitions(store: ArtifactStore) -> tuple[list[dict], list[str]]:
@@ -208,10 +259,17 @@ def accepted_partitions(store: ArtifactStore) -> tuple[list[dict], list[str]]:
     return accepted, [m["partition"] for m in rejected]
 
 
+def row_group_rows(frame: pl.DataFrame) -> int:
+    """Rows per row group for ``frame``: ``ROW_GROUP_ROWS``, fewer where its rows are so wide
+    that a group would pass ``ROW_GROUP_BYTES``; at least one."""
+    per_row = frame.estimated_size() / max(frame.height, 1)
+    return max(1, min(ROW_GROUP_ROWS, int(ROW_GROUP_BYTES // max(per_row, 1))))
+
+
 def write_shard(store: ArtifactStore, spec: DatasetSpec, manifest: dict) -> dict[str, Any]:
-    """One validated day split into train/val/test Parquet files of ``ROW_GROUP_ROWS``-row
-    groups; written once per (day content, spec) and shared by every dataset version that
-    holds the day, so a retrain splits only the days it has not seen."""
+    """One validated day split into train/val/test Parquet files of row groups sized by
+    ``row_group_rows``; written once per (day content, spec) and shared by every dataset
+    version that holds the day, so a retrain splits only the days it has not seen."""
     day = manifest["partition"]
     fingerprint = json.dumps(
         {"spec": spec.model_dump(), "sha256": manifest["sha256"]}, sort_keys=True
@@ -221,10 +279,11 @@ def write_shard(store: ArtifactStore, spec: DatasetSpec, manifest: dict) -> dict
         return store.read_json(shard_manifest_key(prefix))
     frame = assign_splits(store.read_parquet(validated_key(day)), spec.id_column)
     shard: dict[str, Any] = {"prefix": prefix, "partition": day, "rows": {}, "sha256": {}}
+    rows = row_group_rows(frame)
     for split in SPLITS:
         part = frame.filter(pl.col(SPLIT_COLUMN) == split).drop(SPLIT_COLUMN)
         key = shard_key(prefix, split)
-        shard["sha256"][split] = store.write_parquet(key, part, row_group_size=ROW_GROUP_ROWS)
+        shard["sha256"][split] = store.write_parquet(key, part, row_group_size=rows)
         shard["rows"][split] = part.height
     store.write_json(shard_manifest_key(prefix), shard)
     return shard
@@ -233,45 +292,43 @@ def write_shard(store: ArtifactStore, spec: DatasetSpec, manifest: dict) -> dict
 def train_statistics(
     store: ArtifactStore, spec: DatasetSpec, keys: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(preprocessing, drift reference) of the train split in ``keys``, read one column of
-    one file at a time: numbers (and images' brightness) go into a ``NumberSketch`` of
+    """(preprocessing, drift reference) of the train split in ``keys``. Each file is read
+    once, only the columns needed (column projection, also on a remote file); numbers (the
+    regression target and images' brightness included) go into a ``NumberSketch`` of
     bounded size, categories and classes are counted."""
-
-    def numbers(column: str) -> NumberSketch:
-        sketch = NumberSketch()
-        for key in keys:
-            sketch.add(store.read_parquet(key, columns=[column]).to_series())
-        return sketch
-
-    def counts(column: str) -> dict[Any, int]:
-        total: Counter = Counter()
-        for key in keys:
-            total.update(value_counts(store.read_parquet(key, columns=[column]).to_series()))
-        return dict(total)
-
+    label = spec.label_column
+    numbers = {c: NumberSketch() for c in spec.feature_columns}
+    if spec.classes is None:
+        numbers[label] = NumberSketch()
+    counted = [*spec.categorical_columns, *([label] if spec.classes is not None else [])]
+    counts: dict[str, Counter] = {c: Counter() for c in counted}
+    brightness = NumberSketch()
+    pixels = [IMAGE_PIXELS] if spec.image is not None else []
+    for key in keys:
+        part = store.read_parquet(key, columns=[*numbers, *counted, *pixels])
+        for column, sketch in numbers.items():
+            sketch.add(part[column])
+        for column, total in counts.items():
+            total.update(value_counts(part[column]))
+        if pixels:
+            brightness.add(pl.Series(image_brightness(part.select(pixels))))
     stats, summary = [], {}
     for column in spec.feature_columns:
-        values = numbers(column)
-        stats.append(values.statistics(spec.impute))
-        summary[column] = values.summary()
+        stats.append(numbers[column].statistics(spec.impute))
+        summary[column] = numbers[column].summary()
     vocab: dict[str, list] = {}
     for column in spec.categorical_columns:
-        found = counts(column)
-        vocab[column] = sorted(v for v in found if v is not None)
-        summary[column] = category_summary(vocab[column], found)
-    label = spec.label_column
-    summary[label] = (
-        category_summary(list(spec.classes), counts(label))
-        if spec.classes is not None
-        else numbers(label).summary()
-    )
+        vocab[column] = sorted(v for v in counts[column] if v is not None)
+        summary[column] = category_summary(vocab[column], dict(counts[column]))
+    target = None
+    if spec.classes is not None:
+        summary[label] = category_summary(list(spec.classes), dict(counts[label]))
+    else:
+        target = numbers[label].statistics("mean")
+        summary[label] = numbers[label].summary()
     if spec.image is not None:
-        brightness = NumberSketch()
-        for key in keys:
-            pixels = store.read_parquet(key, columns=[IMAGE_PIXELS])
-            brightness.add(pl.Series(image_brightness(pixels)))
         summary[spec.image.column] = brightness.summary()
-    return preprocessing_of(spec, stats, vocab), summary
+    return preprocessing_of(spec, stats, vocab, target), summary
 
 
 def build_dataset(

@@ -16,17 +16,18 @@ import statistics
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from lepton_core.compress import latency_ms
-from lepton_core.data import load_tensors
-from lepton_core.models import load_model, predict_outputs
+from lepton_core.data import load_split, target_values
+from lepton_core.models import load_model, model_inputs, model_scores
 from lepton_core.plots import confusion_png, curves_png, scatter_png
 from lepton_core.registry import current_champion
-from lepton_core.spec import EvaluationSettings
+from lepton_core.spec import DatasetSpec, EvaluationSettings
 from lepton_core.store import ArtifactStore
-from lepton_core.tasks import regression_outputs, task_of
+from lepton_core.tasks import significant, task_of
 
 ECE_BINS = 15
 
@@ -42,8 +43,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> f
     return float(total)
 
 
-def classification_metrics(outputs: torch.Tensor, target: torch.Tensor, classes: list[int]):
-    probabilities = outputs.softmax(1).numpy()
+def classification_metrics(scores: torch.Tensor, target: torch.Tensor, classes: list):
+    """Metrics of class probabilities against class indices; classes are named by label."""
+    probabilities = scores.numpy()
     predicted = probabilities.argmax(1)
     truth = target.numpy()
     k = list(range(len(classes)))
@@ -74,32 +76,34 @@ def classification_metrics(outputs: torch.Tensor, target: torch.Tensor, classes:
     }
 
 
-def regression_metrics(outputs: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
-    predicted = regression_outputs(outputs).double()
-    truth = target.double()
+def regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+    """Metrics of predictions against the truth, both in the target's unit."""
+    predicted, truth = predicted.double(), target.double()
     error = predicted - truth
     total = float(((truth - truth.mean()) ** 2).sum())
     return {
-        "rmse": round(float(error.pow(2).mean().sqrt()), 5),
-        "mae": round(float(error.abs().mean()), 5),
+        "rmse": significant(float(error.pow(2).mean().sqrt())),
+        "mae": significant(float(error.abs().mean())),
         "r2": round(1.0 - float(error.pow(2).sum()) / total, 5) if total > 0 else None,
     }
 
 
 def evaluate_model(
-    model: Any, inputs: list[torch.Tensor], target: torch.Tensor, info: dict[str, Any]
-) -> dict[str, Any]:
-    """The task's metrics, plus batch-1 latency."""
-    outputs = predict_outputs(model, inputs)
+    model: Any, info: dict[str, Any], frame: pl.DataFrame, truth: torch.Tensor
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """(the task's metrics plus batch-1 latency, the scores) of a model on raw rows, which it
+    encodes with its own preprocessing; ``truth`` is in the user's terms (``target_values``)."""
+    inputs = model_inputs(info, frame)
+    scores = model_scores(model, info, inputs)
     data = info["dataset_info"]
     metrics = (
-        classification_metrics(outputs, target, data["classes"])
+        classification_metrics(scores, truth, data["classes"])
         if data["task"] == "classification"
-        else regression_metrics(outputs, target)
+        else regression_metrics(scores, truth)
     )
     single = [x[:1] for x in inputs]
     metrics["latency_b1_p50_ms"] = round(statistics.median(latency_ms(model, single, 100)), 4)
-    return metrics
+    return metrics, scores
 
 
 def bless(
@@ -173,7 +177,8 @@ VARIANT_COLUMNS = [
 def cell(value: Any) -> str:
     if value is None:
         return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    # Significant digits: a metric in the target's unit may be 0.00015 or 1.2e6.
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
 def report_markdown(ev: dict[str, Any], variants: dict[str, Any]) -> str:
@@ -302,14 +307,26 @@ def report_html(markdown: str, images: dict[str, bytes], title: str) -> str:
 
 
 # -- the whole evaluation --------------------------------------------------------------------
-def comparable(candidate: dict[str, Any], champion: dict[str, Any]) -> bool:
-    keys = ("task", "inputs", "num_numeric", "image_shape", "classes")
+def check_comparable(
+    candidate: dict[str, Any], champion: dict[str, Any], frame: pl.DataFrame, prefix: str
+) -> None:
+    """The champion can be scored on the candidate's test rows: same task and labels, and
+    every column its own spec reads is there (each model encodes the rows itself, so
+    vocabularies, fill values and target scales may differ)."""
     mine, theirs = candidate["dataset_info"], champion["dataset_info"]
-    return all(mine.get(k) == theirs.get(k) for k in keys)
+    same = all(mine.get(k) == theirs.get(k) for k in ("task", "classes"))
+    lacking = [c for c in DatasetSpec.model_validate(champion["spec"]).columns if c not in frame]
+    if not same or lacking:
+        raise ValueError(
+            f"champion {prefix} was trained for other data (task {theirs['task']}, classes "
+            f"{theirs.get('classes')}, columns the test rows lack: {lacking}); the candidate's "
+            f"task is {mine['task']}, classes {mine.get('classes')}. Roll back or clear the "
+            "champion before switching datasets."
+        )
 
 
 def champion_metrics(
-    store: ArtifactStore, inputs: list[torch.Tensor], target: torch.Tensor, info: dict[str, Any]
+    store: ArtifactStore, frame: pl.DataFrame, truth: torch.Tensor, info: dict[str, Any]
 ) -> tuple[str | None, dict[str, Any] | None, int | None]:
     """(model prefix, metrics on this test split, weights size) of the champion, if any."""
     pointer = current_champion(store)
@@ -317,14 +334,9 @@ def champion_metrics(
         return None, None, None
     prefix = pointer["model_prefix"]
     model, champion_info = load_model(store, prefix)
-    if not comparable(info, champion_info):
-        raise ValueError(
-            f"champion {prefix} was trained for other data ({champion_info['dataset_info']}); "
-            f"the candidate's is {info['dataset_info']}. Roll back or clear the champion "
-            "before switching datasets."
-        )
+    check_comparable(info, champion_info, frame, prefix)
     size = store.size(f"{prefix}/model.pt")
-    return prefix, evaluate_model(model, inputs, target, info), size
+    return prefix, evaluate_model(model, champion_info, frame, truth)[0], size
 
 
 def evaluate_candidate(
@@ -337,9 +349,10 @@ def evaluate_candidate(
     candidate_prefix = compressed["prefix"]
     model, info = load_model(store, candidate_prefix)
     version, task = info["dataset_version"], task_of(info["dataset_info"]["task"])
-    inputs, target = load_tensors(store, version, "test")
-    candidate = evaluate_model(model, inputs, target, info)
-    champion_prefix, champion, champion_size = champion_metrics(store, inputs, target, info)
+    frame = load_split(store, version, "test")
+    truth = target_values(frame, DatasetSpec.model_validate(info["spec"]))
+    candidate, scores = evaluate_model(model, info, frame, truth)
+    champion_prefix, champion, champion_size = champion_metrics(store, frame, truth, info)
     broken = bless(task.name, candidate, champion, settings)
     ev = {
         "task": task.name,
@@ -348,7 +361,7 @@ def evaluate_candidate(
         "candidate_model": candidate_prefix,
         "variant": info["variant"],
         "dataset_version": version,
-        "test_rows": int(target.shape[0]),
+        "test_rows": frame.height,
         "candidate": candidate,
         "candidate_size_bytes": store.size(f"{candidate_prefix}/model.pt"),
         "champion_model": champion_prefix,
@@ -365,8 +378,7 @@ def evaluate_candidate(
             confusion_png(candidate["confusion_matrix"], info["dataset_info"]["classes"]),
         )
     else:
-        outputs = regression_outputs(predict_outputs(model, inputs))
-        plot = ("predicted_vs_true.png", scatter_png(target.numpy(), outputs.numpy()))
+        plot = ("predicted_vs_true.png", scatter_png(truth.numpy(), scores.numpy()))
     images = {
         plot[0]: plot[1],
         "training_curves.png": curves_png(history, task.metric),

@@ -22,10 +22,12 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import polars as pl
 import torch
 from torch import nn
 
-from lepton_core.data import DatasetInfo, dummy_inputs
+from lepton_core.data import DatasetInfo, dummy_inputs, encode_inputs, unscale_target
+from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import task_of
 from lepton_core.usercode import UserCodeError, resolve
@@ -347,3 +349,21 @@ def predict_outputs(
         for i in range(0, count, batch_size)
     ]
     return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def model_inputs(info: dict[str, Any], frame: pl.DataFrame) -> list[torch.Tensor]:
+    """Typed rows as the input tensors of the model that ``info`` describes, encoded with that
+    model's own preprocessing (vocabularies, fill values): never another model's."""
+    spec = DatasetSpec.model_validate(info["spec"])
+    return encode_inputs(frame, spec, info["preprocessing"])
+
+
+def model_scores(
+    model: nn.Module, info: dict[str, Any], inputs: list[torch.Tensor]
+) -> torch.Tensor:
+    """What leaves a model: class probabilities [B, classes] (float32; column i is
+    ``classes[i]``), or regression values [B] (float64) in the target's unit."""
+    outputs = predict_outputs(model, inputs)
+    if info["dataset_info"]["task"] == "classification":
+        return outputs.softmax(1)
+    return unscale_target(outputs, info["preprocessing"])

@@ -12,9 +12,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+# The labels of a classification, all of one type: integers, strings or booleans. (YAML
+# reads an unquoted yes/no/on/off as a boolean: quote labels that are words.)
+Classes = list[StrictInt] | list[StrictStr] | list[StrictBool]
 
 
 class ExtraExpectation(BaseModel):
@@ -59,9 +71,14 @@ class DatasetSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="short name, used in keys")
     task: Literal["classification", "regression"] = "classification"
     id_column: str = Field(description="unique sample id; drives the train/val/test split")
-    label_column: str = Field(description="the target: a class (integer) or a number")
-    classes: list[int] | None = Field(
-        default=None, min_length=2, description="the allowed labels (classification only)"
+    label_column: str = Field(
+        description="the target: a class (integer, string or boolean) or a number"
+    )
+    classes: Classes | None = Field(
+        default=None,
+        min_length=2,
+        description="the allowed labels, all of one type (classification only); a model "
+        "predicts one of them, and its output i is classes[i]",
     )
     feature_columns: list[str] = Field(default_factory=list, description="numeric features")
     categorical_columns: list[str] = Field(default_factory=list)
@@ -119,6 +136,11 @@ class DatasetSpec(BaseModel):
     extra_expectations: list[ExtraExpectation] = Field(
         default_factory=list, description="further GX expectations, run by GX's own engine"
     )
+    suite_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description='GX suite parameters: an expectation argument {"$PARAMETER": "name"} '
+        "takes the value given here (GX's own now() and its arithmetic need none)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -138,6 +160,8 @@ class DatasetSpec(BaseModel):
     def _consistent(self) -> "DatasetSpec":
         if (self.task == "classification") != (self.classes is not None):
             raise ValueError("classes is required for classification and refused for regression")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes has repeated labels: {self.classes}")
         if not self.feature_columns and not self.categorical_columns and self.image is None:
             raise ValueError("no features: give feature_columns, categorical_columns or image")
         names = self.columns

@@ -106,7 +106,7 @@ class ShardStream(IterableDataset):
 
     def tensors(self, frame: pl.DataFrame, chunk: int) -> list[torch.Tensor]:
         tensors = [*encode_inputs(frame, self.spec, self.preprocessing)]
-        tensors.append(encode_target(frame, self.spec))
+        tensors.append(encode_target(frame, self.spec, self.preprocessing))
         if not self.shuffle:
             return tensors
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, chunk])

@@ -13,6 +13,13 @@ from torch import nn
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def significant(value: float, digits: int = 5) -> float:
+    """``value`` to ``digits`` significant digits: a metric in the target's unit keeps its
+    precision whether the target is in thousandths or in millions (rounding to decimals
+    would turn an RMSE of 0.000152 into 0.00015, or to 0.0)."""
+    return float(f"{value:.{digits}g}")
+
+
 def regression_outputs(outputs: torch.Tensor) -> torch.Tensor:
     """[B] or [B, 1] predictions as [B]."""
     return outputs.reshape(outputs.shape[0])
@@ -39,8 +46,12 @@ class Task:
             return float((outputs.argmax(1) == target).sum())
         return float(((regression_outputs(outputs) - target) ** 2).sum())
 
-    def metric_value(self, total: float, count: float) -> float:
-        return total / count if self.name == "classification" else (total / count) ** 0.5
+    def metric_value(self, total: float, count: float, unit: float = 1.0) -> float:
+        """Accuracy, or RMSE in the target's unit: ``unit`` is the standard deviation the
+        target was scaled by for training (``data.target_scaling``)."""
+        if self.name == "classification":
+            return total / count
+        return (total / count) ** 0.5 * unit
 
     def expected_shape(self, batch: int, num_outputs: int) -> list[list[int]]:
         if self.name == "classification":

@@ -37,11 +37,11 @@ from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dags
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lepton_core.data import read_dataset_info
+from lepton_core.data import read_dataset_info, target_scaling
 from lepton_core.models import build_model, save_model, torch_bytes
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import ShardStream
-from lepton_core.tasks import Loss, Task, task_of
+from lepton_core.tasks import Loss, Task, significant, task_of
 from lepton_core.usercode import resolve
 
 MIN_IMPROVEMENT = 1e-4
@@ -77,9 +77,15 @@ def to_device(batch: list[torch.Tensor], device: torch.device) -> list[torch.Ten
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, loss_fn: Loss, task: Task
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    loss_fn: Loss,
+    task: Task,
+    unit: float = 1.0,
 ) -> tuple[float, float]:
-    """(mean loss, the task's metric) over the whole split, each rank scoring its shard."""
+    """(mean loss, the task's metric) over the whole split, each rank scoring its shard; a
+    regression's RMSE in the target's unit (``unit``: the scale of the encoded target)."""
     model.eval()
     loss_sum, metric_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
@@ -93,7 +99,8 @@ def evaluate(
     totals = hvd.allreduce(
         torch.tensor([loss_sum, metric_sum, count], dtype=torch.float64), op=hvd.Sum, name="eval"
     )
-    return float(totals[0] / totals[2]), task.metric_value(float(totals[1]), float(totals[2]))
+    metric = task.metric_value(float(totals[1]), float(totals[2]), unit)
+    return float(totals[0] / totals[2]), metric
 
 
 def load_checkpoint(store: ArtifactStore, key: str) -> dict[str, Any] | None:
@@ -144,6 +151,7 @@ class Trainer:
             self.device = torch.device("cpu")
 
         self.dataset = read_dataset_info(store, job["dataset_version"])
+        self.target_unit = target_scaling(self.dataset["preprocessing"])[1]
         self.model = build_model(self.model_info)
         self.model.to(self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["amp"])
@@ -280,7 +288,7 @@ class Trainer:
             train_stream.set_epoch(self.epoch)
             train_loss, throughput = self.train_epoch(train_loader)
             val_loss, val_metric = evaluate(
-                self.model, val_loader, self.device, self.loss_fn, self.task
+                self.model, val_loader, self.device, self.loss_fn, self.task, self.target_unit
             )
             self.epoch += 1
             # Horovod: every rank's peak memory, so growth with the data shows per rank.
@@ -288,9 +296,9 @@ class Trainer:
             self.history.append(
                 {
                     "epoch": self.epoch,
-                    "train_loss": round(train_loss, 5),
-                    "val_loss": round(val_loss, 5),
-                    self.task.metric: round(val_metric, 5),
+                    "train_loss": significant(train_loss),
+                    "val_loss": significant(val_loss),
+                    self.task.metric: significant(val_metric),
                     "samples_per_s": round(throughput, 1),
                     "rank_peak_rss_mb": rss,
                 }

@@ -189,11 +189,11 @@ def test_a_failed_run_is_posted_naming_the_asset_partition_and_file(
         "dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred"
     )
     assert step["errors"][1].startswith(
-        "lepton_assets.ingestion.IngestionError: 2025-06-01/broken.parquet: unreadable"
+        "lepton_core.rows.IngestionError: 2025-06-01/broken.parquet: unreadable"
     )
     assert message["text"].startswith(
         f"Lepton run failed: __ephemeral_asset_job__ [2025-06-01] ({failed.run_id[:8]}): "
-        "raw_batches: lepton_assets.ingestion.IngestionError: 2025-06-01/broken.parquet: "
+        "raw_batches: lepton_core.rows.IngestionError: 2025-06-01/broken.parquet: "
         "unreadable"
     )
 

@@ -15,8 +15,9 @@ import yaml
 
 from lepton_assets.definitions import resources
 from lepton_assets.demo import digits_frame
-from lepton_assets.ingestion import raw_batches, read_landing_file
+from lepton_assets.ingestion import raw_batches
 from lepton_assets.validation import validated_batches
+from lepton_core.rows import read_landing_file
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 

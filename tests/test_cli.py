@@ -18,7 +18,7 @@ def test_run_names_stage_partition_and_file_and_trains_nothing(
     err = capsys.readouterr().err
     assert "lepton run: FAILED: 1 of 1 days failed" in err
     assert (
-        "ingestion partition 2026-01-02: lepton_assets.ingestion.IngestionError: "
+        "ingestion partition 2026-01-02: lepton_core.rows.IngestionError: "
         "2026-01-02/broken.csv: missing columns" in err
     )
     assert not (lepton_home / "artifacts" / "current").exists()  # nothing was trained

@@ -162,7 +162,7 @@ def test_blessing_rules():
 
 def test_regression_metrics_and_blessing_rules():
     truth = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    scores = regression_metrics(torch.tensor([[1.5], [2.0], [2.5], [4.0]]), truth)
+    scores = regression_metrics(torch.tensor([1.5, 2.0, 2.5, 4.0]), truth)
     assert scores == {"rmse": 0.35355, "mae": 0.25, "r2": 0.9}
     config = EvaluationSettings(min_r2=0.5, max_rmse=1.0, max_rmse_regression=0.05)
     assert bless("regression", scores, None, config) == []

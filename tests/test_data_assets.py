@@ -8,11 +8,12 @@ import pytest
 
 from lepton_assets.definitions import defs
 from lepton_assets.demo import digits_frame
-from lepton_assets.ingestion import IngestionError, raw_batches
+from lepton_assets.ingestion import raw_batches
 from lepton_assets.validation import DRIFT_CHECK, SUITE_CHECK, UNIQUE_CHECK, validated_batches
 from lepton_core.data import build_dataset, split_keys
 from lepton_core.drift import drift, reference_summary
 from lepton_core.keys import current_key, raw_key, validated_key
+from lepton_core.rows import IngestionError
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 
@@ -139,7 +140,7 @@ def test_a_day_without_landing_files_fails_naming_the_uri_and_date(seeded, insta
 
 
 def test_an_unreadable_file_names_the_file(seeded):
-    from lepton_assets.ingestion import read_landing_file
+    from lepton_core.rows import read_landing_file
     from lepton_core.spec import DIGITS_SPEC
 
     with pytest.raises(IngestionError, match=r"2026-01-01/broken.parquet: unreadable"):

@@ -61,9 +61,11 @@ def test_preprocessing_is_learned_from_the_frame_and_guards_constant_features():
             "b": [5.0, 5.0, 5.0],
             "c": [None, 2.0, 4.0],
             "city": ["Oslo", None, "Bergen"],
+            "y": [10.0, 20.0, 60.0],
         }
     )
     prep = fit_preprocessing(frame, SPEC)
+    assert prep["target"] == {"mean": 30.0, "std": pytest.approx(26.45751, rel=1e-6)}
     assert prep["numeric"]["fill"] == [3.0, 5.0, 3.0]  # medians, nulls skipped
     assert prep["numeric"]["mean"] == [4.0, 5.0, 3.0]
     assert prep["numeric"]["std"][0] == pytest.approx(3.60555, rel=1e-4)
@@ -75,7 +77,7 @@ def test_preprocessing_is_learned_from_the_frame_and_guards_constant_features():
 
 def test_unseen_and_null_categories_go_to_the_unknown_bucket():
     frame = pl.DataFrame({"city": ["Oslo", "Tromsø", None, "Bergen"]})
-    codes = encode_categorical(frame, {"city": ["Bergen", "Oslo"]})
+    codes = encode_categorical(frame, ["city"], {"city": ["Bergen", "Oslo"]})
     assert codes.flatten().tolist() == [2, UNKNOWN, UNKNOWN, 1]
 
 
