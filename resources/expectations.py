@@ -5,7 +5,6 @@ GX is called directly (``dagster-ge`` still requires GX < 1.0). Results are GX's
 """
 
 import html
-import json
 from collections import defaultdict
 from copy import copy
 from typing import Any, Literal, cast
@@ -13,7 +12,7 @@ from typing import Any, Literal, cast
 import dagster as dg
 import great_expectations as gx
 import polars as pl
-from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+from great_expectations.core import ExpectationSuiteValidationResult
 from great_expectations.core.expectation_validation_result import (
     ExpectationSuiteValidationResultSchema,
 )
@@ -84,12 +83,6 @@ def data_docs_html(result: ExpectationSuiteValidationResult) -> str:
     return DefaultJinjaPageView().render(document)
 
 
-def config_key(config: Any) -> str:
-    """An expectation's identity: its type and arguments (GX adds batch_id to results)."""
-    kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
-    return json.dumps([config.type, kwargs], sort_keys=True, default=str)
-
-
 def rule_name(result: Any) -> str:
     """A readable rule name, e.g. ``expect_column_values_to_be_between(pixel_03)``."""
     config = result.expectation_config
@@ -136,8 +129,13 @@ class ExpectationsResource(dg.ConfigurableResource):
     )
 
     def run_suite(
-        self, frame: pl.DataFrame, suite: gx.ExpectationSuite
+        self,
+        frame: pl.DataFrame,
+        suite: gx.ExpectationSuite,
+        parameters: dict[str, Any] | None = None,
     ) -> ExpectationSuiteValidationResult:
+        """GX's result for every expectation of ``suite``, in the suite's order;
+        ``parameters`` are GX suite parameters (``{"$PARAMETER": name}`` in an expectation)."""
         expectations = list(suite.expectations)
 
         def on_polars(e: Any) -> bool:
@@ -149,11 +147,8 @@ class ExpectationsResource(dg.ConfigurableResource):
         if rest:
             # GX refuses expectations that already belong to a suite: hand it copies.
             subsuite = gx.ExpectationSuite(name=suite.name, expectations=[copy(e) for e in rest])
-            # GX orders its results its own way: match them back by configuration.
-            by_key: dict[str, list[ExpectationValidationResult]] = defaultdict(list)
-            for r in run_with_gx(frame, subsuite).results:
-                by_key[config_key(r.expectation_config)].append(r)
-            results.update({id(e): by_key[config_key(e.configuration)].pop(0) for e in rest})
+            checked = run_with_gx(frame, subsuite, parameters).results
+            results.update(zip(map(id, rest), checked, strict=True))
         ordered = [results[id(e)] for e in expectations]
         passed = sum(bool(r.success) for r in ordered)
         return ExpectationSuiteValidationResult(
@@ -170,9 +165,14 @@ class ExpectationsResource(dg.ConfigurableResource):
 
 
 def run_with_gx(
-    frame: pl.DataFrame, suite: gx.ExpectationSuite
+    frame: pl.DataFrame, suite: gx.ExpectationSuite, parameters: dict[str, Any] | None = None
 ) -> ExpectationSuiteValidationResult:
-    """The suite on GX's pandas engine, in an ephemeral context (no files, no analytics)."""
+    """The suite on GX's pandas engine, in an ephemeral context (no files, no analytics); the
+    results in the suite's order.
+
+    GX orders its results its own way, and a result's configuration is not the one sent
+    when a suite parameter was resolved into it (``{"$PARAMETER": "now()"}``), so results
+    are put back in order by the id GX gives each expectation when the suite is added."""
     context = gx.get_context(
         mode="ephemeral",
         project_config=DataContextConfig(
@@ -193,4 +193,9 @@ def run_with_gx(
     # unexpected_index_list holds row positions.
     dataframe = frame.to_arrow().to_pandas()
     batch = batch_definition.get_batch(batch_parameters={"dataframe": dataframe})
-    return batch.validate(suite, result_format={"result_format": "COMPLETE"})
+    result = batch.validate(
+        suite, result_format={"result_format": "COMPLETE"}, expectation_parameters=parameters
+    )
+    by_id = {getattr(r.expectation_config, "id", None): r for r in result.results}
+    result.results = [by_id[e.id] for e in suite.expectations]
+    return result
