@@ -27,6 +27,8 @@ import dagster as dg
 import psutil
 from pydantic import Field
 
+import lepton_core
+
 TAIL_LINES = 30
 POLL_S = 5  # how often a running job checks the run's status
 PR_SET_PDEATHSIG = 1
@@ -113,6 +115,11 @@ class HorovodJobError(Exception):
 
 class RunEndedError(HorovodJobError):
     """The Dagster run ended (canceled, or marked failed) while its Horovod job ran."""
+
+
+def code_root() -> str:
+    """The folder that holds the ``lepton_core`` package this process imported."""
+    return str(Path(lepton_core.__file__).resolve().parent.parent)
 
 
 def horovodrun_path() -> str:
@@ -248,12 +255,18 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             interface = "lo"
         if interface:
             cmd += ["--network-interface", interface]
-        return [*cmd, sys.executable, "-m", module, *args]
+        # -P: the rank's working directory is not put on its import path (see worker_env).
+        return [*cmd, sys.executable, "-P", "-m", module, *args]
 
     def worker_env(self) -> dict[str, str]:
+        """Threads per rank, timeouts, and the import path: ranks import Lepton from the
+        folder this process imported it from, first on ``PYTHONPATH`` (and ``-P`` keeps the
+        working directory off), so a rank never runs another checkout's code than its step."""
         # A fair share of cores per process: torch's default (all cores each) oversubscribes.
         threads = max(1, (os.cpu_count() or 1) // self.processes_per_host())
+        paths = [code_root(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": str(threads),
             "HOROVOD_GLOO_TIMEOUT_SECONDS": str(self.collective_timeout_s),
