@@ -110,6 +110,15 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     report = store.read_text(latest_report(store) + "/report.html")
     assert "NOT BLESSED" in report and "below the floor" in report
 
+    # Retention keeps every model the champion history names, and its dataset, so each
+    # rollback target still loads; older checkpoints and job files go.
+    checkpoints_before = len(store.files("checkpoints"))
+    assert main(["gc", "--keep-last", "1"]) == 0
+    assert len(store.files("checkpoints")) < checkpoints_before
+    for record in champion_history(store):
+        load_model(store, record["model_prefix"])
+        assert len(load_split(store, record["dataset_version"], "test")) > 0
+
 
 def train_again(
     instance: dg.DagsterInstance, training: dict, evaluation: dict
@@ -138,12 +147,3 @@ def latest_evaluation(store: ArtifactStore) -> dict:
 def champion_prefix(store: ArtifactStore) -> str | None:
     champion = current_champion(store)
     return champion["model_prefix"] if champion else None
-
-    # Retention keeps every model the champion history names, and its dataset, so each
-    # rollback target still loads; older checkpoints and job files go.
-    checkpoints_before = len(store.files("checkpoints"))
-    assert main(["gc", "--keep-last", "1"]) == 0
-    assert len(store.files("checkpoints")) < checkpoints_before
-    for record in champion_history(store):
-        load_model(store, record["model_prefix"])
-        assert len(load_split(store, record["dataset_version"], "test")) > 0
