@@ -43,7 +43,7 @@ def compressed_model(
     latency p50/p95 at batch 1 and throughput at batch 256. Variants the model does not
     support are listed with the reason. The table and a Pareto plot are in the metadata.
     """
-    settings = effective(project.get_project().compression, config)
+    settings = effective(project.get_project().compression, config, "compressed_model")
     store = artifacts.get_store()
     pointer, consumed = upstream(store, context, "trained_model")
     source = pointer["prefix"]

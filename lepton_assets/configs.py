@@ -7,12 +7,13 @@ mechanism for the three, so the Launchpad and the project file never disagree on
 """
 
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 
-from lepton_core.spec import CompressionSettings, EvaluationSettings, TrainingSettings
+from lepton_core.spec import CompressionSettings, EvaluationSettings, Project, TrainingSettings
 
 
 def optional_config(settings: type[BaseModel], name: str, doc: str) -> type[dg.Config]:
@@ -50,7 +51,51 @@ EvaluationConfig = optional_config(
 S = typing.TypeVar("S", bound=BaseModel)
 
 
-def effective(project_value: S, config: dg.Config) -> S:
+# The ops that take run config, and the project's section each one's knobs override.
+CONFIGURED_OPS = {
+    "trained_model": "training",
+    "compressed_model": "compression",
+    "evaluation_report": "evaluation",
+}
+
+
+def merged(project_value: S, values: dict[str, Any], op: str) -> tuple[S | None, list[str]]:
+    """The project's settings with ``values`` (an op's run config) replacing its fields, or
+    None and what is wrong, each as ``op.field: reason (got value)``."""
+    try:
+        return type(project_value).model_validate({**project_value.model_dump(), **values}), []
+    except ValidationError as exc:
+        return None, [
+            f"{op}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        ]
+
+
+def refuse(problems: list[str]) -> None:
+    """A value Dagster's config schema lets through but the settings refuse (``epochs: 0``,
+    ``amp: "foo"``) fails without retries (the same config fails the same way again), naming
+    every such field."""
+    if problems:
+        raise dg.Failure(
+            description=f"invalid run config: {'; '.join(problems)}", allow_retries=False
+        )
+
+
+def effective(project_value: S, config: dg.Config, op: str) -> S:
     """The project's settings with every field the run config sets replaced (validated)."""
-    merged = {**project_value.model_dump(), **config.model_dump(exclude_none=True)}
-    return type(project_value).model_validate(merged)
+    settings, problems = merged(project_value, config.model_dump(exclude_none=True), op)
+    refuse(problems)
+    return typing.cast(S, settings)
+
+
+def check_run_config(run_config: Mapping[str, Any], project: Project) -> None:
+    """Every op's run config checked against its settings; the training job's first step
+    calls it, so a bad knob fails the run before any work (and before the training slot is
+    taken) rather than in the step that reads it."""
+    ops, problems = run_config.get("ops") or {}, []
+    for op, section in CONFIGURED_OPS.items():
+        values = {
+            k: v for k, v in ((ops.get(op) or {}).get("config") or {}).items() if v is not None
+        }
+        problems += merged(getattr(project, section), values, op)[1]
+    refuse(problems)

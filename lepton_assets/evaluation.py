@@ -43,7 +43,7 @@ def evaluation_report(
     regression: RMSE, MAE, R²), with size and CPU latency, training curves, the compression
     variants and their Pareto plot, in one self-contained HTML report linked below.
     """
-    settings = effective(project.get_project().evaluation, config)
+    settings = effective(project.get_project().evaluation, config, "evaluation_report")
     store = artifacts.get_store()
     candidate, consumed = upstream(store, context, "compressed_model")
     ev, report_prefix = evaluate_candidate(store, candidate, settings)

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from lepton_assets.configs import TrainingConfig, effective
+from lepton_assets.configs import TrainingConfig, check_run_config, effective
 from lepton_assets.pointers import publish, upstream
 from lepton_assets.validation import validated_batches
 from lepton_core.data import (
@@ -43,8 +43,10 @@ def training_dataset(
     The split of a sample is a hash of its id (80/10/10), so it never changes as days are
     added; imputation values, standardization and categorical vocabularies come from the
     train split only. The version is a hash of the spec and the validated batches' content,
-    so the same inputs give the same version.
+    so the same inputs give the same version. It first checks the run config of every later
+    step against the project's settings: a bad knob fails the run here, naming the field.
     """
+    check_run_config(context.run.run_config, project.get_project())
     spec = project.get_spec()
     store = artifacts.get_store()
     accepted, left_out = accepted_partitions(store)
@@ -125,7 +127,7 @@ def trained_model(
     pointer, consumed = upstream(store, context, "training_dataset")
     version = pointer["version"]
     user = project.get_project()
-    settings = effective(user.training, config)
+    settings = effective(user.training, config, "trained_model")
     info = model_description(user, read_dataset_info(store, version))
     try:
         check_user_code(info)

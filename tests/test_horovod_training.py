@@ -38,9 +38,19 @@ def test_without_rank_files_the_message_shows_the_launcher_output(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_single_process_job_runs(
-    artifacts: ArtifactStore, dataset_version: str, instance: dg.DagsterInstance
+def test_a_single_process_job_runs_the_code_the_step_imported(
+    artifacts: ArtifactStore,
+    dataset_version: str,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
+    # Started from a folder that holds another lepton_core (another checkout, say), the rank
+    # still imports the one this process imported.
+    decoy = tmp_path / "elsewhere" / "lepton_core"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy lepton_core was imported')\n")
+    monkeypatch.chdir(decoy.parent)
     result = dg.materialize(
         [trained_model],
         resources={**resources, "horovod": HorovodLauncherResource(num_processes=1)},

@@ -208,3 +208,38 @@ def test_markup_from_data_and_user_code_is_escaped_in_the_evaluation_report():
     assert "<code>&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;</code>" in page
     assert "<td>&lt;img src=x onerror=alert(1)&gt;</td>" in page
     assert "&lt;b&gt;plain paragraph&lt;/b&gt; and <strong>bold</strong>" in page
+
+
+def test_a_bad_run_config_fails_the_first_step_naming_the_fields_and_is_not_retried(
+    lepton_home: Path, instance: dg.DagsterInstance
+):
+    """Values Dagster's schema lets through but the settings refuse stop the training job in
+    its first step, before any dataset is built or the training slot is taken."""
+    from lepton_assets.definitions import defs
+
+    result = defs.resolve_job_def("training_job").execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {
+                "trained_model": {"config": {"epochs": 0, "amp": "foo"}},
+                "evaluation_report": {"config": {"min_accuracy": 2.0}},
+            }
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["training_dataset"]
+    message = failures[0].step_failure_data.error.message  # type: ignore[union-attr]
+    assert (
+        "invalid run config: trained_model.epochs: Input should be greater than or equal to 1 "
+        "(got 0)" in message
+    )
+    assert "trained_model.amp: Input should be 'bf16', 'fp16' or 'off' (got 'foo')" in message
+    assert "evaluation_report.min_accuracy: Input should be less than or equal to 1" in message
+    retries = [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+    ]
+    assert retries == [] and not ArtifactStore(f"file://{lepton_home / 'artifacts'}").exists(
+        "current/training_dataset.json"
+    )
