@@ -128,13 +128,25 @@ def execute(job_name: str, partition: str | None = None, run_config: dict | None
 
 def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
     """Landed days (that are partitions already) whose files differ from what their last
-    ingestion read, by sha256; days never ingested included."""
+    ingestion read, days never ingested included. One listing per day: a file whose size and
+    modified time are those its ingestion recorded keeps its recorded sha256; only new files
+    and files whose stamp moved are read and hashed, so a call's cost does not grow with the
+    bytes of history."""
     store, artifacts = landing.get_store(), ArtifactStoreResource(uri=artifacts_uri).get_store()
     days = []
     for day in landed_days(store.folders())[0]:
-        hashes = {store.url(k): store.sha256(k) for k in landing.partition_files(day)}
         key = raw_manifest_key(day)
-        if not artifacts.exists(key) or artifacts.read_json(key)["files"] != hashes:
+        if not artifacts.exists(key):
+            days.append(day)
+            continue
+        manifest, stamps = artifacts.read_json(key), store.files(day)
+        recorded = manifest.get("stamps", {})
+        hashes = {}
+        for file in landing.partition_files(day):
+            url = store.url(file)
+            same = recorded.get(url) == list(stamps[file]) and url in manifest["files"]
+            hashes[url] = manifest["files"][url] if same else store.sha256(file)
+        if hashes != manifest["files"]:
             days.append(day)
     return days
 

@@ -37,6 +37,9 @@ def raw_batches(
     landing_store = landing.get_store()
     day = context.partition_key
     files = landing.partition_files(day)
+    # Each file's listing stamp (size, modified time) as it was before it was read: what
+    # `lepton run` compares to hash only the files that moved since (cli.changed_days).
+    stamps = landing_store.files(day)
     if not files:
         raise IngestionError(f"no landing files for {day} under {landing_store.url(day)}/")
     store = artifacts.get_store()
@@ -79,6 +82,7 @@ def raw_batches(
         {
             "partition": day,
             "files": {s["file"]: s["sha256"] for s in [*sources, *rejected, *duplicates]},
+            "stamps": {landing_store.url(k): list(stamps[k]) for k in files},
         },
     )
     seconds = time.perf_counter() - started
