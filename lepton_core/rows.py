@@ -3,9 +3,10 @@ server are typed here, by the same functions, so a row scores the same whichever
 
 ``column_types`` gives each column of a spec its type by role; ``typed_column`` reads a
 column as that type (numbers trimmed of surrounding spaces, integers integral, booleans
-spelled true/false); ``row_rules`` names what a row breaks. Ingestion keeps rows that break a
-rule, with the rule, for validation to quarantine (``read_landing_file``); scoring refuses
-them with the row, column and rule (``typed_features``).
+spelled true/false); ``typed_rows`` types a frame and names the rules each row breaks.
+Ingestion keeps rows that break a rule, with the rule, for validation to quarantine
+(``read_landing_file``); scoring refuses them with the row, column and rule
+(``typed_features``).
 """
 
 import gzip
@@ -152,13 +153,25 @@ def type_rules(
     return rules
 
 
-def row_rules(frame: pl.DataFrame, typed: pl.DataFrame, spec: DatasetSpec) -> list[pl.Expr]:
-    """Per row, the ingestion rules it breaks: the typing rules of every column, and an
-    empty or blank id."""
-    rules = type_rules(frame, typed, column_types(spec))
-    blank = typed[spec.id_column].str.strip_chars() == ""
-    rules.append(pl.when(blank).then(pl.lit(f"empty({spec.id_column})")))
-    return rules
+def typed_rows(
+    frame: pl.DataFrame,
+    spec: DatasetSpec,
+    types: dict[str, type[pl.DataType]],
+    read_image: Callable[[str], bytes] | None,
+) -> tuple[pl.DataFrame, list[pl.Expr]]:
+    """``frame``'s ``types`` columns typed (and the spec's images decoded into
+    ``IMAGE_PIXELS`` with ``read_image``), and per row the typing rules it breaks: both doors
+    for rows, ingestion and scoring, type them here."""
+    trim = spec.trim_whitespace
+    typed = pl.DataFrame([typed_column(frame[c], t, trim).alias(c) for c, t in types.items()])
+    rules = type_rules(frame, typed, types)
+    if spec.image is not None:
+        if read_image is None:
+            raise ValueError(f"the spec reads images ({spec.image.column}): give their folder")
+        pixels, errors = decode_column(typed[spec.image.column].to_list(), read_image, spec.image)
+        typed = typed.with_columns(pl.Series(IMAGE_PIXELS, pixels, dtype=pl.Binary))
+        rules.append(pl.lit(pl.Series(errors, dtype=pl.String)))
+    return typed, rules
 
 
 def read_landing_file(
@@ -183,15 +196,9 @@ def read_landing_file(
     types = column_types(spec)
     frame = protect(parse_file(name, data, types, redact=bool(spec.pii)), spec, pii_key)
     extra = check_columns(name, frame, spec)
-    trim = spec.trim_whitespace
-    typed = pl.DataFrame([typed_column(frame[c], t, trim).alias(c) for c, t in types.items()])
-    failed = row_rules(frame, typed, spec)
-    if spec.image is not None:
-        if read_image is None:
-            raise IngestionError(f"{name}: the spec has images but no image reader was given")
-        pixels, errors = decode_column(typed[spec.image.column].to_list(), read_image, spec.image)
-        typed = typed.with_columns(pl.Series(IMAGE_PIXELS, pixels, dtype=pl.Binary))
-        failed.append(pl.lit(pl.Series(errors, dtype=pl.String)))
+    typed, failed = typed_rows(frame, spec, types, read_image)
+    blank = typed[spec.id_column].str.strip_chars() == ""
+    failed.append(pl.when(blank).then(pl.lit(f"empty({spec.id_column})")))
     lineage = typed.with_columns(
         pl.concat_list(failed).list.drop_nulls().alias(PARSE_ERRORS),
         pl.lit(name).alias(SOURCE_FILE),
@@ -212,18 +219,10 @@ def typed_features(
     if missing:
         raise ValueError(f"input lacks the model's feature columns {missing[:10]}")
     types = {c: t for c, t in column_types(spec).items() if c in features}
-    trim = spec.trim_whitespace
-    typed = pl.DataFrame([typed_column(frame[c], t, trim).alias(c) for c, t in types.items()])
-    rules = type_rules(frame, typed, types)
+    typed, rules = typed_rows(frame, spec, types, read_image)
     for column in features:
         if column not in spec.nullable_columns:
             rules.append(pl.when(frame[column].is_null()).then(pl.lit(f"not_null({column})")))
-    if spec.image is not None:
-        if read_image is None:
-            raise ValueError(f"the model reads images ({spec.image.column}): give the image folder")
-        pixels, errors = decode_column(typed[spec.image.column].to_list(), read_image, spec.image)
-        typed = typed.with_columns(pl.Series(IMAGE_PIXELS, pixels, dtype=pl.Binary))
-        rules.append(pl.lit(pl.Series(errors, dtype=pl.String)))
     broken = typed.select(pl.concat_list(rules).list.drop_nulls().alias("rules"))["rules"]
     bad = (broken.list.len() > 0).arg_true()
     if len(bad):

@@ -22,6 +22,7 @@ over. Under elastic Horovod (``horovodrun --min-np/--max-np``) the same loop run
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import io
 import os
@@ -366,15 +367,25 @@ def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None)
     trainer.prepare()
     if os.environ.get("HOROVOD_ELASTIC") == "1":
         # Horovod: elastic mode commits after every epoch; a lost or added rank rolls every
-        # rank back to the last commit and rebuilds the shards for the new size.
-        state = hvd.elastic.TorchState(trainer.model, trainer.optimizer, epoch=trainer.epoch)
+        # rank back to the last commit and rebuilds the shards for the new size. The state
+        # carries what early stopping decides by (history, best weights, epochs without a
+        # gain), so a rank that joins stops at the same epoch as the others. Copied both ways:
+        # Horovod's ObjectState keeps references, and the trainer appends to its history.
+        carried = ("epoch", "history", "best", "bad_epochs")
+        state = hvd.elastic.TorchState(
+            trainer.model,
+            trainer.optimizer,
+            **{k: copy.deepcopy(getattr(trainer, k)) for k in carried},
+        )
 
         @hvd.elastic.run
         def elastic_run(state: Any) -> None:
-            trainer.epoch = state.epoch
+            for name in carried:
+                setattr(trainer, name, copy.deepcopy(getattr(state, name)))
 
             def commit() -> None:
-                state.epoch = trainer.epoch
+                for name in carried:
+                    setattr(state, name, copy.deepcopy(getattr(trainer, name)))
                 state.commit()
 
             trainer.run(commit)
