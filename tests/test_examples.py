@@ -31,6 +31,18 @@ def run(project: Path, capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def retrain(project: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    """`lepton run` after a new day: the candidate is evaluated against the champion and
+    promoted, or refused by the blessing rules (exit 1 naming them), never crashed; the
+    evaluation."""
+    code = main(["run", "--project", str(project)])
+    out = capsys.readouterr()
+    assert code == 0 or (code == 1 and "blessed" in out.err), out.err
+    store = ArtifactStore(f"file://{home / 'artifacts'}")
+    report = store.read_json(current_key("evaluation_report"))["prefix"]
+    return store.read_json(f"{report}/evaluation.json")
+
+
 @pytest.fixture
 def home(lepton_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(lepton_home / "dagster_home"))
@@ -50,6 +62,9 @@ def test_tabular_example_with_its_own_model_and_loss(home: Path, capsys):
     assert info["factory"] == "churn.model:build" and info["kwargs"]["hidden"] == 64
     assert info["loss"] == "churn.model:smoothed_cross_entropy"
     assert info["preprocessing"]["categorical"]["plan"] == ["basic", "plus", "pro"]
+    # Listed [region, plan]: the embeddings are sized in that order (4 regions, 3 plans).
+    assert info["dataset_info"]["categorical_cardinalities"] == [5, 4]
+    assert info["dataset_info"]["classes"] == ["no", "yes"]
     instance = dg.DagsterInstance.get()
     trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
     assert trained is not None and trained.asset_materialization is not None
@@ -60,14 +75,19 @@ def test_tabular_example_with_its_own_model_and_loss(home: Path, capsys):
     # Nothing new: a second run trains nothing and says so.
     assert run(project, capsys)["status"] == "unchanged"
 
-    # A day where a few customers are in a region the model never saw: counted, not a crash.
+    # A day where a few customers are in a region the model never saw: counted by validation,
+    # and the retrain it starts scores the champion with the champion's own vocabulary.
     day = home / "landing" / "2026-01-05"
     day.mkdir()
     frame = example_module("tabular_churn").customers(500, seed=9).with_row_index()
     region = pl.when(pl.col("index") < 5).then(pl.lit("arctic")).otherwise(pl.col("region"))
     region = region.alias("region")
     frame.with_columns(region).drop("index").write_csv(day / "customers.csv")
-    assert main(["ingest", "--day", "2026-01-05", "--project", str(project)]) == 0
+    second = retrain(project, home, capsys)
+    assert second["champion_model"] == summary["champion"]
+    assert second["champion"]["accuracy"] >= 0.8 and second["candidate"]["accuracy"] >= 0.8
+    retrained_info = store.read_json(f"{second['candidate_model']}/model.json")
+    assert "arctic" in retrained_info["preprocessing"]["categorical"]["region"]
     validated = instance.get_latest_materialization_event(dg.AssetKey("validated_batches"))
     assert validated is not None and validated.asset_materialization is not None
     assert validated.asset_materialization.metadata["unseen_categories"].value == {
@@ -99,3 +119,19 @@ def test_image_regression_example(home: Path, capsys):
     assert predicted.columns == ["image_id", "prediction"]  # feature columns give way
     error = (predicted["prediction"] - rows["radius"]).abs().mean()
     assert isinstance(error, float) and error < 1.0  # radii span 2..8
+
+    # A later day where a few pictures come from a camera the model never saw: the next run
+    # retrains on it, and the champion is scored on the new test rows with its own vocabulary.
+    example_module("image_discs").write_landing(home / "landing", days=1, end=date(2026, 1, 5))
+    labels = home / "landing" / "2026-01-05" / "labels.csv"
+    frame = pl.read_csv(labels).with_row_index()
+    camera = pl.when(pl.col("index") < 8).then(pl.lit("cam-c")).otherwise(pl.col("camera"))
+    frame.with_columns(camera.alias("camera")).drop("index").write_csv(labels)
+    second = retrain(EXAMPLES / "image_discs" / "lepton.yaml", home, capsys)
+    store = ArtifactStore(f"file://{home / 'artifacts'}")
+    assert second["champion_model"] == summary["champion"]
+    assert second["champion"]["r2"] >= 0.7 and second["candidate"]["r2"] >= 0.7
+    candidate = store.read_json(f"{second['candidate_model']}/model.json")
+    champion = store.read_json(f"{second['champion_model']}/model.json")
+    assert candidate["preprocessing"]["categorical"]["camera"] == ["cam-a", "cam-b", "cam-c"]
+    assert champion["preprocessing"]["categorical"]["camera"] == ["cam-a", "cam-b"]

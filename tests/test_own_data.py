@@ -350,7 +350,7 @@ def ingest(home: Path, instance: dg.DagsterInstance, day: str, frame: pl.DataFra
 
 @pytest.mark.slow
 @settings(
-    max_examples=6,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     database=None,

@@ -2,8 +2,9 @@
 
     python examples/image_discs/make_data.py LANDING_DIR [--days 4 --end 2026-01-04]
 
-Each day folder holds ``labels.csv`` (``image_id, path, radius``) and ``images/<id>.png``:
-a white disc of the given radius on black, 20x20 pixels (Lepton resizes to 16x16).
+Each day folder holds ``labels.csv`` (``image_id, path, camera, radius``) and
+``images/<id>.png``: a white disc of the given radius on black, 20x20 pixels (Lepton resizes
+to 16x16). ``camera`` names the device that took the picture (``cam-a`` or ``cam-b``).
 """
 
 import argparse
@@ -21,6 +22,9 @@ def disc(radius: float, cx: float, cy: float) -> Image.Image:
     return image
 
 
+CAMERAS = ("cam-a", "cam-b")
+
+
 def write_landing(landing: Path, days: int = 4, end: date = date(2026, 1, 4), rows: int = 150):
     for i in range(days):
         rng = np.random.default_rng(i)
@@ -28,13 +32,14 @@ def write_landing(landing: Path, days: int = 4, end: date = date(2026, 1, 4), ro
         (folder / "images").mkdir(parents=True, exist_ok=True)
         with (folder / "labels.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["image_id", "path", "radius"])
+            writer.writerow(["image_id", "path", "camera", "radius"])
             for j in range(rows):
                 radius = round(float(rng.uniform(2, 8)), 3)
                 cx, cy = rng.uniform(8, 12, 2)
                 name = f"images/d{i}-{j:04d}.png"
                 disc(radius, cx, cy).save(folder / name)
-                writer.writerow([f"disc-{i}-{j:04d}", name, radius])
+                camera = CAMERAS[j % len(CAMERAS)]
+                writer.writerow([f"disc-{end.toordinal()}-{i}-{j:04d}", name, camera, radius])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python examples/tabular_churn/make_data.py LANDING_DIR [--days 4 --end 2026-01-04]
 
 Half the days land as CSV, half as Parquet; about 10% of tenures and 5% of regions are
-missing. Churn follows charges, tenure, plan and region, with 5% of labels flipped.
+missing. Churn ("yes" or "no") follows charges, tenure, plan and region, with 5% of labels
+flipped.
 """
 
 import argparse
@@ -28,7 +29,7 @@ def customers(count: int, seed: int) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "customer_id": [f"c-{seed}-{i:05d}" for i in range(count)],
-            "churned": churned.astype("int64"),
+            "churned": ["yes" if c else "no" for c in churned],
             "tenure_months": pl.Series(tenure).set(pl.Series(rng.random(count) < 0.1), None),
             "monthly_charges": charges,
             "plan": [PLANS[p] for p in plan],
