@@ -38,15 +38,22 @@ class AlertWebhookResource(dg.ConfigurableResource):
         return True
 
 
+def is_wrapper(error: Any) -> bool:
+    """Dagster's own wrapper of an error, or its "Exceeded max_retries of N" (whose cause is
+    the error the last attempt failed with): neither says what broke."""
+    cls_name, message = error.cls_name or "", error.message or ""
+    return (
+        "dagster" in cls_name.lower()
+        or cls_name == "RetryRequested"
+        or message.startswith("Exceeded max_retries of")
+    )
+
+
 def own_error(error: Any) -> Any:
-    """Of a chain of Dagster ``SerializableErrorInfo``, the outermost error that is not
-    Dagster's own wrapper: the one that says what broke (an ingestion error names the file;
-    its cause, e.g. Polars' message, does not). The innermost when every one is Dagster's."""
-    while (
-        error is not None
-        and error.cause is not None
-        and "dagster" in (error.cls_name or "").lower()
-    ):
+    """Of a chain of Dagster ``SerializableErrorInfo``, the outermost error that is not a
+    wrapper (``is_wrapper``): the one that says what broke (an ingestion error names the
+    file; its cause, e.g. Polars' message, does not). The innermost when every one wraps."""
+    while error is not None and error.cause is not None and is_wrapper(error):
         error = error.cause
     return error
 
@@ -55,3 +62,10 @@ def first_line(error: Any) -> str:
     """An error's first message line (at most 500 characters); empty for none."""
     lines = (error.message or "").strip().splitlines() if error is not None else []
     return lines[0][:500] if lines else ""
+
+
+def message_lines(error: Any, limit: int = 800) -> str:
+    """An error's message, its non-blank lines joined by " | " (at most ``limit``
+    characters): a validation error names its fields on the lines after its first."""
+    lines = (error.message or "").splitlines() if error is not None else []
+    return " | ".join(line.strip() for line in lines if line.strip())[:limit]

@@ -11,7 +11,7 @@ import dagster as dg
 from lepton_assets.partitions import landed_days
 from lepton_core.keys import current_key, dataset_info_key
 from lepton_core.store import ArtifactStore
-from resources.alerts import AlertWebhookResource, first_line, own_error
+from resources.alerts import AlertWebhookResource, first_line, message_lines, own_error
 from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
 from resources.retraining_policy import RetrainingPolicyResource
@@ -158,11 +158,19 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
 
 
 def failure_alert(
-    run: dg.DagsterRun, failures: Sequence[dg.DagsterEvent], checks: list[dict]
+    run: dg.DagsterRun,
+    failures: Sequence[dg.DagsterEvent],
+    checks: list[dict],
+    run_reason: str = "",
 ) -> dict:
     """What broke, for people: the job, partition, each failed step (its asset and every
     error in its chain, so the file an ingestion error names is kept) and each failed check
-    with its reasons and files. ``summary`` is one line leading with the most specific."""
+    with its reasons and files. ``summary`` is one line leading with the most specific: a
+    failed check's reason; else the reason the run itself failed (``run_reason``) when it is
+    not Dagster's list of failed steps (run monitoring's, when a run worker died: the steps
+    only saw their run end); else the first failed step's own error (past Dagster's wrappers
+    and "Exceeded max_retries"), every line of it, so the fields a validation error names
+    are kept."""
     partition = run.tags.get("dagster/partition")
     steps = [
         {
@@ -172,10 +180,14 @@ def failure_alert(
         }
         for event in failures
     ]
+    own_reason = run_reason and not run_reason.startswith("Execution of run for")
     if checks:
         first = f"check {checks[0]['asset']}:{checks[0]['check']} failed: {checks[0]['reason']}"
+    elif own_reason:
+        first = " | ".join(line.strip() for line in run_reason.splitlines() if line.strip())
     elif steps and steps[0]["errors"]:
-        first = f"{steps[0]['asset']}: {first_line(own_error(failures[0].step_failure_data.error))}"
+        error = own_error(failures[0].step_failure_data.error)
+        first = f"{steps[0]['asset']}: {message_lines(error)}"
     else:
         first = "see the run"
     where = f" [{partition}]" if partition else ""
@@ -198,7 +210,8 @@ def failure_alert(
 def failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertWebhookResource) -> None:
     run = context.dagster_run
     checks = failed_checks(context.instance, run.run_id)
-    alert = failure_alert(run, context.get_step_failure_events(), checks)
+    reason = context.failure_event.message or ""
+    alert = failure_alert(run, context.get_step_failure_events(), checks, reason)
     context.log.error("lepton_alert " + json.dumps(alert, sort_keys=True))
     posted = alerts.post(alert)
     context.log.info(f"alert {'posted to the webhook' if posted else 'logged (no webhook set)'}")

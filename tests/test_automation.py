@@ -257,3 +257,38 @@ def test_the_first_partition_comes_from_the_configuration():
     done = first_partition_in_a_fresh_process("March 1st")
     assert done.returncode != 0
     assert "LEPTON_FIRST_DAY='March 1st' is not a date (YYYY-MM-DD)" in done.stderr
+
+
+@dg.asset(retry_policy=dg.RetryPolicy(max_retries=1))
+def settings_checked() -> None:
+    raise ValueError("1 validation error for TrainingSettings\nepochs\n  Input should be >= 1")
+
+
+def test_an_alert_after_exhausted_retries_leads_with_the_error_and_keeps_its_field_lines(
+    instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+):
+    failed = dg.materialize([settings_checked], instance=instance, raise_on_error=False)
+    assert not failed.success
+    text = alert_posted_for(failed, instance, monkeypatch)["text"]
+    assert "Exceeded max_retries" not in text
+    assert text.endswith(
+        "settings_checked: ValueError: 1 validation error for TrainingSettings | epochs | "
+        "Input should be >= 1"
+    )
+
+
+def test_an_alert_for_a_run_whose_worker_died_leads_with_the_run_monitors_reason(
+    instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+):
+    """The steps of a run whose worker was killed only see their run end; the reason is the
+    one run monitoring records."""
+    result = dg.materialize([dg.asset(name="short")(lambda: None)], instance=instance)
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None
+    reason = (
+        "Detected run worker status WorkerStatus.FAILED: run worker exited with signal 9 "
+        f"(SIGKILL). Marking run {run.run_id} as failed."
+    )
+    instance.report_run_failed(run, reason)
+    text = alert_posted_for(result, instance, monkeypatch)["text"]
+    assert text.endswith(f"({run.run_id[:8]}): {reason}")
