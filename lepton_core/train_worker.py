@@ -104,11 +104,16 @@ def evaluate(
     return float(totals[0] / totals[2]), metric
 
 
+def read_checkpoint(store: ArtifactStore, key: str) -> dict[str, Any] | None:
+    """The checkpoint at ``key``, if any, loaded with weights_only=True."""
+    if not store.exists(key):
+        return None
+    return torch.load(io.BytesIO(store.read_bytes(key)), weights_only=True)
+
+
 def load_checkpoint(store: ArtifactStore, key: str) -> dict[str, Any] | None:
-    """Rank 0's checkpoint, if any, sent to every rank (loaded with weights_only=True)."""
-    state = None
-    if hvd.rank() == 0 and store.exists(key):
-        state = torch.load(io.BytesIO(store.read_bytes(key)), weights_only=True)
+    """Rank 0's checkpoint, if any, sent to every rank."""
+    state = read_checkpoint(store, key) if hvd.rank() == 0 else None
     # Horovod: every rank resumes from the same checkpoint (or none).
     return hvd.broadcast_object(state, root_rank=0, name="checkpoint")
 
@@ -206,14 +211,22 @@ class Trainer:
         if self.pipes is not None:
             self.pipes.log.info(message)
 
-    def prepare(self) -> None:
-        checkpoint = load_checkpoint(self.store, self.checkpoint_key)
+    def prepare(self, elastic: bool = False) -> None:
+        """Resume from a checkpoint, start every rank from rank 0's state, and wrap the
+        optimizer. Elastic: no collective here, since a rank that joins a running job meets
+        the others in ``hvd.elastic.run``'s state sync (which sends it rank 0's weights,
+        optimizer and loop state), not here; rank 0 alone resumes from the checkpoint."""
+        if elastic:
+            checkpoint = read_checkpoint(self.store, self.checkpoint_key) if self.is_root else None
+        else:
+            checkpoint = load_checkpoint(self.store, self.checkpoint_key)
         if checkpoint is not None:
             self.restore(checkpoint)
             self.log(f"resuming from checkpoint after epoch {self.epoch}")
-        # Horovod: start every rank from rank 0's weights and optimizer state.
-        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
+        if not elastic:
+            # Horovod: start every rank from rank 0's weights and optimizer state.
+            hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+            hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
         compression: Any = (
             hvd.Compression.fp16 if self.job["fp16_allreduce"] else hvd.Compression.none
         )
@@ -331,10 +344,15 @@ class Trainer:
     def finish(self) -> None:
         if self.best["model"] is not None:
             self.model.load_state_dict(self.best["model"])
-        # Horovod: every rank must end with the same parameters; a divergence is a bug.
+        # Horovod: every rank must end with the same parameters and at the same point of the
+        # loop (epoch, best epoch, epochs recorded); a divergence is a bug.
         digests = hvd.allgather_object(parameter_digest(self.model), name="param_digest")
         if len(set(digests)) != 1:
             raise RuntimeError(f"ranks ended with different parameters: {digests}")
+        loop = (self.epoch, self.best["epoch"], len(self.history))
+        ends = hvd.allgather_object(loop, name="loop_state")
+        if len(set(ends)) != 1:
+            raise RuntimeError(f"ranks ended at different (epoch, best epoch, history): {ends}")
         if not self.is_root:
             return
         job = self.job
@@ -364,8 +382,9 @@ class Trainer:
 
 def train(store: ArtifactStore, job: dict[str, Any], pipes: PipesContext | None) -> None:
     trainer = Trainer(store, job, pipes)
-    trainer.prepare()
-    if os.environ.get("HOROVOD_ELASTIC") == "1":
+    elastic = os.environ.get("HOROVOD_ELASTIC") == "1"
+    trainer.prepare(elastic)
+    if elastic:
         # Horovod: elastic mode commits after every epoch; a lost or added rank rolls every
         # rank back to the last commit and rebuilds the shards for the new size. The state
         # carries what early stopping decides by (history, best weights, epochs without a

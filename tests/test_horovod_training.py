@@ -1,6 +1,8 @@
 """Horovod jobs for real: the launcher's failure handling, a killed rank, a retry that resumes."""
 
+import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,12 @@ from lepton_assets.evaluation import evaluation_report
 from lepton_assets.training import trained_model
 from lepton_core.keys import current_key, run_pointer_key
 from lepton_core.store import ArtifactStore
-from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource, failure_message
+from resources.horovod_launcher import (
+    WORKDIR_PREFIX,
+    HorovodJobError,
+    HorovodLauncherResource,
+    failure_message,
+)
 
 
 def test_failure_message_names_the_first_failed_rank_and_its_last_lines(tmp_path: Path):
@@ -243,3 +250,50 @@ def test_a_run_consumes_its_own_outputs_while_another_run_moves_current(
     assert materialization.metadata["candidate_from"].value == (
         f"{theirs['compressed_model']['prefix']} (current)"
     )
+
+
+@pytest.mark.slow
+def test_a_rank_that_joins_an_elastic_job_stops_at_the_same_epoch_as_the_others(
+    artifacts: ArtifactStore, dataset_version: str, instance: dg.DagsterInstance
+):
+    """Elastic Horovod: the job starts on one host; after its first checkpoint a second host
+    appears and a new rank joins. The elastic state hands it the history, the best weights
+    and the early-stopping counter, so both ranks stop at the same epoch and end equal."""
+    results: list[dg.ExecuteInProcessResult] = []
+    launcher = HorovodLauncherResource(
+        num_processes=1, min_processes=1, max_processes=2, hosts="localhost:1",
+        network_interface="lo", collective_timeout_s=30,
+    )  # fmt: skip
+    config = {"epochs": 40, "patience": 2, "learning_rate": 0.003}
+    run = threading.Thread(
+        target=lambda: results.append(
+            dg.materialize(
+                [trained_model],
+                resources={**resources, "horovod": launcher},
+                instance=instance,
+                run_config={"ops": {"trained_model": {"config": config}}},
+                raise_on_error=False,
+            )
+        )
+    )
+    run.start()
+    deadline = time.monotonic() + 120
+    while not list(artifacts.local_path("checkpoints").rglob("latest.pt")):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    [script] = Path(tempfile.gettempdir()).glob(
+        f"{WORKDIR_PREFIX}{os.getpid()}-*/discover_hosts.sh"
+    )
+    script.write_text(script.read_text() + "echo 127.0.0.1:1\n")
+    run.join(timeout=300)
+    assert not run.is_alive(), "the job did not finish: ranks stopped at different epochs?"
+    assert results[0].success
+    metadata = results[0].asset_materializations_for_node("trained_model")[0].metadata
+    assert metadata["processes"].value == 2, "the second rank did not join"
+    history = metadata["history"].value
+    epochs_run = metadata["epochs_run"].value
+    assert isinstance(history, list) and isinstance(epochs_run, int) and epochs_run < 40
+    assert [h["epoch"] for h in history] == list(range(1, epochs_run + 1))  # type: ignore[index,union-attr]
+    assert len(history[-1]["rank_peak_rss_mb"]) == 2  # type: ignore[index,arg-type]
+    digests = metadata["rank_param_sha256"].value
+    assert isinstance(digests, list) and len(digests) == 2 and len(set(digests)) == 1
