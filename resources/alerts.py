@@ -64,8 +64,7 @@ def first_line(error: Any) -> str:
     return lines[0][:500] if lines else ""
 
 
-def message_lines(error: Any, limit: int = 800) -> str:
-    """An error's message, its non-blank lines joined by " | " (at most ``limit``
-    characters): a validation error names its fields on the lines after its first."""
-    lines = (error.message or "").splitlines() if error is not None else []
-    return " | ".join(line.strip() for line in lines if line.strip())[:limit]
+def one_line(text: str, limit: int = 800) -> str:
+    """A message's non-blank lines joined by " | " (at most ``limit`` characters): a
+    validation error names its fields on the lines after its first."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())[:limit]

@@ -11,7 +11,7 @@ import dagster as dg
 from lepton_assets.partitions import landed_days
 from lepton_core.keys import current_key, dataset_info_key
 from lepton_core.store import ArtifactStore
-from resources.alerts import AlertWebhookResource, first_line, message_lines, own_error
+from resources.alerts import AlertWebhookResource, first_line, one_line, own_error
 from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
 from resources.retraining_policy import RetrainingPolicyResource
@@ -184,10 +184,10 @@ def failure_alert(
     if checks:
         first = f"check {checks[0]['asset']}:{checks[0]['check']} failed: {checks[0]['reason']}"
     elif own_reason:
-        first = " | ".join(line.strip() for line in run_reason.splitlines() if line.strip())
+        first = one_line(run_reason)
     elif steps and steps[0]["errors"]:
         error = own_error(failures[0].step_failure_data.error)
-        first = f"{steps[0]['asset']}: {message_lines(error)}"
+        first = f"{steps[0]['asset']}: {one_line(error.message or '')}"
     else:
         first = "see the run"
     where = f" [{partition}]" if partition else ""
