@@ -306,7 +306,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     """One line per part of the stack: up (what answered) or DOWN (why); 1 if any is down."""
     from lepton_assets.health import health
 
-    report = health(args.webserver.rstrip("/"))
+    report = health(args.webserver.rstrip("/"), args.daemon_stale_s)
     for name, (up, detail) in report.items():
         print(f"{name:15s} {'up  ' if up else 'DOWN'}  {detail}")
     return 0 if all(up for up, _ in report.values()) else 1
@@ -363,6 +363,11 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
     check = command("health", cmd_health, "say which part of a running stack is down")
     check.add_argument("--webserver", default="http://127.0.0.1:3000", help="its base URL")
+    check.add_argument(
+        "--daemon-stale-s",
+        type=float,
+        help="a daemon whose last heartbeat is older is down (default 90; daemons beat every 30 s)",
+    )
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     return top

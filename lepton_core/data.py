@@ -7,7 +7,7 @@ training rank streams row groups of the shards (``streaming``). What the model n
 raw values (imputation values, standardization, categorical vocabularies, the regression
 target's location and scale) is learned from the train split once, stored in ``dataset.json``
 as ``preprocessing`` and copied into every model's description. Whatever scores a model
-encodes raw rows with that model's own preprocessing (``models.predict_rows``).
+encodes raw rows with that model's own preprocessing (``models.model_inputs``).
 
 Targets: a class label (an integer, string or boolean declared in ``classes``) becomes its
 index in ``classes``; a regression target is standardized with the train split's mean and

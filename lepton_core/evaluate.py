@@ -315,7 +315,8 @@ def check_comparable(
     vocabularies, fill values and target scales may differ)."""
     mine, theirs = candidate["dataset_info"], champion["dataset_info"]
     same = all(mine.get(k) == theirs.get(k) for k in ("task", "classes"))
-    lacking = [c for c in DatasetSpec.model_validate(champion["spec"]).columns if c not in frame]
+    needed = DatasetSpec.model_validate(champion["spec"]).columns
+    lacking = [c for c in needed if c not in frame.columns]
     if not same or lacking:
         raise ValueError(
             f"champion {prefix} was trained for other data (task {theirs['task']}, classes "

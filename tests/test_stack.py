@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def health(env: dict[str, str], port: int) -> subprocess.CompletedProcess:
-    command = [str(BIN / "lepton"), "health", "--webserver", f"http://127.0.0.1:{port}"]
+def health(env: dict[str, str], port: int, *extra: str) -> subprocess.CompletedProcess:
+    command = [str(BIN / "lepton"), "health", "--webserver", f"http://127.0.0.1:{port}", *extra]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -82,6 +82,22 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
         subprocess.run([*control, "start", "worker"], env=env, check=True, timeout=90)
         deadline = time.monotonic() + 90
         while (report := health(env, port)).returncode != 0:
+            assert time.monotonic() < deadline, report.stdout
+            time.sleep(3)
+
+        # The daemon stopped: its heartbeats stop, and health says so within the bound given
+        # (Dagster itself would call it healthy for 30 minutes).
+        subprocess.run([*control, "stop", "daemon"], env=env, check=True, timeout=90)
+        stopped, deadline = time.monotonic(), time.monotonic() + 120
+        while (report := health(env, port, "--daemon-stale-s", "40")).returncode == 0:
+            assert time.monotonic() < deadline, report.stdout
+            time.sleep(3)
+        down = [line for line in report.stdout.splitlines() if "DOWN" in line]
+        assert len(down) == 1 and down[0].startswith("daemon"), report.stdout
+        assert "no heartbeat within 40 s from" in down[0] and time.monotonic() - stopped < 75
+        subprocess.run([*control, "start", "daemon"], env=env, check=True, timeout=90)
+        deadline = time.monotonic() + 90
+        while (report := health(env, port, "--daemon-stale-s", "40")).returncode != 0:
             assert time.monotonic() < deadline, report.stdout
             time.sleep(3)
     finally:
