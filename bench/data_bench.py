@@ -29,7 +29,8 @@ import polars as pl
 from lepton_assets.demo import digits_day
 from lepton_core.rows import read_landing_file
 from lepton_core.spec import DIGITS_SPEC
-from resources.expectations import ExpectationsResource, build_suite
+from lepton_core.validation.suite import build_suite
+from resources.expectations import ExpectationsResource
 
 
 def partition(rows: int) -> pl.DataFrame:

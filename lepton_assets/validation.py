@@ -12,20 +12,20 @@ from collections import Counter
 import dagster as dg
 import polars as pl
 
-from lepton_assets.batch_checks import drift_reference, ids_in_other_days
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.partitions import daily_partitions_def
 from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
 from lepton_core.rows import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW
-from resources.artifact_store import ArtifactStoreResource
-from resources.expectations import (
-    ExpectationsResource,
+from lepton_core.validation.batch_checks import drift_reference, ids_in_other_days
+from lepton_core.validation.suite import (
     build_suite,
     data_docs_html,
     row_failures,
     table_failures,
 )
+from resources.artifact_store import ArtifactStoreResource
+from resources.expectations import ExpectationsResource
 from resources.project import ProjectResource
 
 FAILED_RULES = "_failed_rules"

@@ -9,6 +9,7 @@ CORE_MODULES = [
     "lepton_core.compress",
     "lepton_core.evaluate",
     "lepton_core.predict",
+    "lepton_core.rows",
     "lepton_core.registry",
     "lepton_core.images",
 ]
@@ -20,15 +21,24 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
 
 
-def test_a_training_rank_and_the_core_import_no_dagster_and_no_gx():
-    # A fresh interpreter, as horovodrun starts each rank.
+def imported(*modules: str) -> set[str]:
+    """The top-level packages a fresh interpreter (as horovodrun starts each rank) loads."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, *CORE_MODULES],
+        [sys.executable, "-c", PROBE, *modules],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     ).stdout
-    top_level = set(json.loads(out))
+    return set(json.loads(out))
+
+
+def test_a_training_rank_and_the_core_import_no_dagster_and_no_gx():
+    top_level = imported(*CORE_MODULES)
     assert {"torch", "horovod", "polars"} <= top_level
     assert not top_level & {"dagster", "great_expectations"}, sorted(top_level)
+
+
+def test_validation_in_the_core_runs_gx_without_dagster():
+    top_level = imported("lepton_core.validation.suite", "lepton_core.validation.batch_checks")
+    assert "great_expectations" in top_level and "dagster" not in top_level

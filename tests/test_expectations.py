@@ -4,12 +4,8 @@ import polars as pl
 
 from lepton_assets.demo import digits_frame
 from lepton_core.spec import DIGITS_SPEC, DatasetSpec
-from resources.expectations import (
-    ExpectationsResource,
-    build_suite,
-    row_failures,
-    table_failures,
-)
+from lepton_core.validation.suite import build_suite, row_failures, table_failures
+from resources.expectations import ExpectationsResource
 
 
 def test_suite_covers_schema_ids_labels_and_every_feature():

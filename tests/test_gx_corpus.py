@@ -19,7 +19,7 @@ from great_expectations.expectations.row_conditions import Column
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resources import polars_engine
+from lepton_core.validation import polars_engine
 from resources.expectations import ExpectationsResource
 
 ex = gx.expectations

@@ -10,7 +10,8 @@ import pytest
 
 from lepton_assets.demo import digits_frame
 from lepton_core.spec import DIGITS_SPEC
-from resources.expectations import ExpectationsResource, build_suite
+from lepton_core.validation.suite import build_suite
+from resources.expectations import ExpectationsResource
 
 ex = gx.expectations
 
