@@ -29,8 +29,7 @@ import polars as pl
 from lepton_assets.demo import digits_day
 from lepton_core.rows import read_landing_file
 from lepton_core.spec import DIGITS_SPEC
-from lepton_core.validation.suite import build_suite
-from resources.expectations import ExpectationsResource
+from lepton_core.validation.suite import build_suite, run_suite
 
 
 def partition(rows: int) -> pl.DataFrame:
@@ -108,12 +107,8 @@ def main() -> None:
     _, pandas_ingest = timed(ingest_pandas)
     batch = raw.select(DIGITS_SPEC.columns)
     suite = with_corpus_keywords(build_suite(DIGITS_SPEC))
-    fast, polars_validate = timed(
-        lambda: ExpectationsResource(engine="polars").run_suite(batch, suite)
-    )
-    reference, gx_validate = timed(
-        lambda: ExpectationsResource(engine="pandas").run_suite(batch, suite)
-    )
+    fast, polars_validate = timed(lambda: run_suite(batch, suite, engine="polars"))
+    reference, gx_validate = timed(lambda: run_suite(batch, suite, engine="pandas"))
     identical = all(
         a.success == b.success and a.to_json_dict()["result"] == b.to_json_dict()["result"]
         for a, b in zip(fast.results, reference.results, strict=True)

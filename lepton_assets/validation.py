@@ -10,48 +10,29 @@ page (``validation/<day>.html``).
 from collections import Counter
 
 import dagster as dg
-import polars as pl
 
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.partitions import daily_partitions_def
 from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
-from lepton_core.rows import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW
+from lepton_core.rows import SOURCE_FILE, SOURCE_ROW
 from lepton_core.validation.batch_checks import drift_reference, ids_in_other_days
 from lepton_core.validation.suite import (
+    FAILED_RULES,
     build_suite,
     data_docs_html,
     row_failures,
+    run_suite,
+    split_by_failures,
     table_failures,
 )
 from resources.artifact_store import ArtifactStoreResource
 from resources.expectations import ExpectationsResource
 from resources.project import ProjectResource
 
-FAILED_RULES = "_failed_rules"
 SUITE_CHECK = "expectation_suite"
 UNIQUE_CHECK = "unique_ids_across_days"
 DRIFT_CHECK = "drift"
-
-
-def split_by_failures(
-    raw: pl.DataFrame, failures: dict[int, list[str]]
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(clean rows without lineage columns, rejected rows with lineage and broken rules).
-
-    A row's rules are its parse errors from ingestion, then the expectations it broke.
-    """
-    rules = pl.Series(
-        "_gx_rules", [failures.get(i, []) for i in range(raw.height)], dtype=pl.List(pl.String)
-    )
-    tagged = raw.with_columns(
-        pl.concat_list([pl.col(PARSE_ERRORS), pl.lit(rules)]).alias(FAILED_RULES)
-    ).drop(PARSE_ERRORS)
-    rejected = tagged.filter(pl.col(FAILED_RULES).list.len() > 0)
-    clean = tagged.filter(pl.col(FAILED_RULES).list.len() == 0).drop(
-        SOURCE_FILE, SOURCE_ROW, FAILED_RULES
-    )
-    return clean, rejected
 
 
 @dg.asset(
@@ -100,7 +81,8 @@ def validated_batches(
     day = context.partition_key
     raw = store.read_parquet(raw_key(day))
     suite = build_suite(spec)
-    result = expectations.run_suite(raw.select(spec.columns), suite, spec.suite_parameters)
+    engine, parameters = expectations.engine, spec.suite_parameters
+    result = run_suite(raw.select(spec.columns), suite, engine, parameters)
     clean, rejected = split_by_failures(raw, row_failures(result))
     batch_failures = table_failures(result)
 

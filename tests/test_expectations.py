@@ -4,8 +4,7 @@ import polars as pl
 
 from lepton_assets.demo import digits_frame
 from lepton_core.spec import DIGITS_SPEC, DatasetSpec
-from lepton_core.validation.suite import build_suite, row_failures, table_failures
-from resources.expectations import ExpectationsResource
+from lepton_core.validation.suite import build_suite, row_failures, run_suite, table_failures
 
 
 def test_suite_covers_schema_ids_labels_and_every_feature():
@@ -20,7 +19,7 @@ def test_suite_covers_schema_ids_labels_and_every_feature():
 
 
 def test_clean_digits_pass_the_suite():
-    result = ExpectationsResource().run_suite(digits_frame().head(200), build_suite(DIGITS_SPEC))
+    result = run_suite(digits_frame().head(200), build_suite(DIGITS_SPEC))
     assert result.success
     assert row_failures(result) == {}
 
@@ -36,7 +35,7 @@ def test_bad_rows_are_named_with_the_rules_they_broke():
         .otherwise(pl.col("sample_id"))
         .alias("sample_id"),
     ).drop("_n")
-    result = ExpectationsResource().run_suite(frame, build_suite(DIGITS_SPEC))
+    result = run_suite(frame, build_suite(DIGITS_SPEC))
     assert not result.success
     assert row_failures(result) == {
         3: ["expect_column_values_to_be_between(pixel_05)"],
@@ -50,7 +49,7 @@ def test_bad_rows_are_named_with_the_rules_they_broke():
 
 def test_a_wrong_schema_is_a_batch_failure():
     frame = digits_frame().head(20).rename({"pixel_00": "pixel_xx"})
-    result = ExpectationsResource().run_suite(frame, build_suite(DIGITS_SPEC))
+    result = run_suite(frame, build_suite(DIGITS_SPEC))
     assert "expect_table_columns_to_match_set" in table_failures(result)
 
 
@@ -74,7 +73,7 @@ def test_suite_parameters_as_gx_documents_them_keep_each_result_with_its_expecta
          "seen": [datetime(2020, 1, 1), datetime(2999, 1, 1), datetime(2021, 6, 1)]}
     )  # fmt: skip
     suite = build_suite(spec)
-    result = ExpectationsResource().run_suite(frame, suite, spec.suite_parameters)
+    result = run_suite(frame, suite, parameters=spec.suite_parameters)
     configs = [r.expectation_config for r in result.results]
     kinds = [(c.type, c.kwargs.get("column")) if c else None for c in configs]
     assert kinds == [(e.expectation_type, getattr(e, "column", None)) for e in suite.expectations]

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lepton_core.validation import polars_engine
-from resources.expectations import ExpectationsResource
+from lepton_core.validation.suite import run_suite
 
 ex = gx.expectations
 ROWS = 10
@@ -169,8 +169,8 @@ def comparable(result: Any) -> dict[str, Any]:
 def run_both(frame: pl.DataFrame, expectations: list[Any]) -> tuple[int, int, list[str]]:
     """(native cases, cases sent to GX, mismatches) of ``expectations`` on ``frame``."""
     suite = gx.ExpectationSuite(name="corpus", expectations=expectations)
-    reference = ExpectationsResource(engine="pandas").run_suite(frame, suite)
-    fast = ExpectationsResource(engine="polars").run_suite(frame, suite)
+    reference = run_suite(frame, suite, engine="pandas")
+    fast = run_suite(frame, suite, engine="polars")
     native = [polars_engine.native_reason(e, frame) is None for e in suite.expectations]
     mismatches = []
     for expectation, ref, got in zip(

@@ -10,8 +10,7 @@ import pytest
 
 from lepton_assets.demo import digits_frame
 from lepton_core.spec import DIGITS_SPEC
-from lepton_core.validation.suite import build_suite
-from resources.expectations import ExpectationsResource
+from lepton_core.validation.suite import build_suite, run_suite
 
 ex = gx.expectations
 
@@ -57,8 +56,8 @@ def extra_suite() -> gx.ExpectationSuite:
 
 
 def compare(frame: pl.DataFrame, suite: gx.ExpectationSuite) -> int:
-    reference = ExpectationsResource(engine="pandas").run_suite(frame, suite)
-    fast = ExpectationsResource(engine="polars").run_suite(frame, suite)
+    reference = run_suite(frame, suite, engine="pandas")
+    fast = run_suite(frame, suite, engine="polars")
     assert len(reference.results) == len(fast.results) == len(suite.expectations)
     failures = 0
     for ref, got in zip(reference.results, fast.results, strict=True):
@@ -91,14 +90,14 @@ def test_same_verdicts_with_mostly_strict_bounds_and_a_gx_only_expectation():
 def test_a_missing_column_fails_in_both_engines():
     frame = digits_frame().head(50).drop("pixel_00")
     suite = build_suite(DIGITS_SPEC)
-    reference = ExpectationsResource(engine="pandas").run_suite(frame, suite)
-    fast = ExpectationsResource(engine="polars").run_suite(frame, suite)
+    reference = run_suite(frame, suite, engine="pandas")
+    fast = run_suite(frame, suite, engine="polars")
     assert [r.success for r in fast.results] == [r.success for r in reference.results]
 
 
 @pytest.mark.parametrize("engine", ["polars", "pandas"])
 def test_results_serialize_as_gx_json(engine: Literal["polars", "pandas"]):
-    result = ExpectationsResource(engine=engine).run_suite(corrupted(), build_suite(DIGITS_SPEC))
+    result = run_suite(corrupted(), build_suite(DIGITS_SPEC), engine=engine)
     document = result.to_json_dict()
     assert isinstance(document, dict) and isinstance(document["statistics"], dict)
     assert document["statistics"]["evaluated_expectations"] == 133

@@ -27,8 +27,11 @@ from great_expectations.expectations.registry import get_expectation_impl
 from great_expectations.render.renderer import ValidationResultsPageRenderer
 from great_expectations.render.view import DefaultJinjaPageView
 
+from lepton_core.rows import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW
 from lepton_core.spec import DatasetSpec
 from lepton_core.validation import polars_engine
+
+FAILED_RULES = "_failed_rules"  # a quarantined row's broken rules
 
 
 def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
@@ -190,3 +193,23 @@ def run_with_gx(
     by_id = {getattr(r.expectation_config, "id", None): r for r in result.results}
     result.results = [by_id[e.id] for e in suite.expectations]
     return result
+
+
+def split_by_failures(
+    raw: pl.DataFrame, failures: dict[int, list[str]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(clean rows without lineage columns, rejected rows with lineage and broken rules).
+
+    A row's rules are its parse errors from ingestion, then the expectations it broke.
+    """
+    rules = pl.Series(
+        "_gx_rules", [failures.get(i, []) for i in range(raw.height)], dtype=pl.List(pl.String)
+    )
+    tagged = raw.with_columns(
+        pl.concat_list([pl.col(PARSE_ERRORS), pl.lit(rules)]).alias(FAILED_RULES)
+    ).drop(PARSE_ERRORS)
+    rejected = tagged.filter(pl.col(FAILED_RULES).list.len() > 0)
+    clean = tagged.filter(pl.col(FAILED_RULES).list.len() == 0).drop(
+        SOURCE_FILE, SOURCE_ROW, FAILED_RULES
+    )
+    return clean, rejected
