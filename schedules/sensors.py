@@ -136,6 +136,23 @@ def error_chain(error: Any) -> list[str]:
     return chain
 
 
+# Dagster's failure message when something outside the run marked it failed; when its code
+# server saw the run worker die, the engine event before it says how (exit code or signal).
+MARKED_FAILED = "This run has been marked as failed from outside the execution context."
+WORKER_CRASH = "Run execution process for"
+
+
+def run_failure_reason(instance: dg.DagsterInstance, run_id: str, message: str) -> str:
+    """Why the run itself failed: its failure event's message or, where that is Dagster's
+    generic one, the code server's account of the run worker's death."""
+    if message != MARKED_FAILED:
+        return message
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    crashes = [r.dagster_event.message or "" for r in records if r.dagster_event]
+    crashes = [m for m in crashes if WORKER_CRASH in m]  # "[DagsterApiServer] Run execution …"
+    return crashes[-1] if crashes else message
+
+
 def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
     """The run's failed asset checks, with the reasons and files their results name."""
     records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
@@ -210,7 +227,7 @@ def failure_alert(
 def failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertWebhookResource) -> None:
     run = context.dagster_run
     checks = failed_checks(context.instance, run.run_id)
-    reason = context.failure_event.message or ""
+    reason = run_failure_reason(context.instance, run.run_id, context.failure_event.message or "")
     alert = failure_alert(run, context.get_step_failure_events(), checks, reason)
     context.log.error("lepton_alert " + json.dumps(alert, sort_keys=True))
     posted = alerts.post(alert)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+import dagster as dg
 import psutil
 import pytest
 
@@ -27,6 +28,7 @@ from resources.horovod_launcher import (
     processes_with,
     stop_processes_with,
 )
+from schedules.sensors import failed_checks, failure_alert, run_failure_reason
 
 from .test_s3 import free_port
 
@@ -249,6 +251,20 @@ def launch_chain(run_id: str) -> dict[str, psutil.Process]:
     return {"step": chain[launcher + 1], "run worker": chain[launcher + 2]}
 
 
+def alert_summary(dagster_home: Path, run_id: str) -> str:
+    """The failure alert's one-line summary for a run, built from the instance's events as
+    failure_alert_sensor builds it."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        events = [r.dagster_event for r in instance.all_logs(run_id) if r.dagster_event]
+        failure = [e for e in events if e.is_run_failure][-1]
+        steps = [e for e in events if e.is_step_failure]
+        checks = failed_checks(instance, run_id)
+        reason = run_failure_reason(instance, run_id, failure.message or "")
+        return failure_alert(run, steps, checks, reason)["summary"]
+
+
 def workdirs_of(step: psutil.Process) -> list[Path]:
     """The Horovod work folders the step's launcher made (one, while it trains)."""
     found = list(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{step.pid}-*"))
@@ -296,6 +312,12 @@ def test_a_killed_run_worker_takes_its_ranks_and_frees_the_training_slot(dagster
     chain["run worker"].kill()
     wait_for(lambda: run_state(port, run_id)[0] == "FAILURE", 120, "the run to be marked FAILURE")
     wait_for(lambda: not ranks_of(run_id), 60, "every rank to exit")
+    # The failure alert leads with why the run failed (its worker died), not with what the
+    # training step saw (its run ending under it).
+    summary = alert_summary(home / "dagster_home", run_id)
+    expected = f"Run execution process for {run_id} was terminated by signal 9 (SIGKILL)."
+    assert f"({run_id[:8]}): [DagsterApiServer] {expected}" in summary, summary
+    assert "Horovod job was stopped" not in summary
     artifacts = ArtifactStore(f"file://{home / 'artifacts'}")
     assert not artifacts.exists(f"runs/{run_id}/trained_model.json")
     # The pool slot of the dead run is freed: the next training run gets to train.
