@@ -139,7 +139,7 @@ def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
         if not artifacts.exists(key):
             days.append(day)
             continue
-        manifest, stamps = artifacts.read_json(key), store.files(day)
+        manifest, stamps = artifacts.read_json(key), store.files(day, recursive=False)
         recorded = manifest.get("stamps", {})
         hashes = {}
         for file in landing.partition_files(day):

@@ -39,7 +39,7 @@ def raw_batches(
     files = landing.partition_files(day)
     # Each file's listing stamp (size, modified time) as it was before it was read: what
     # `lepton run` compares to hash only the files that moved since (cli.changed_days).
-    stamps = landing_store.files(day)
+    stamps = landing_store.files(day, recursive=False)
     if not files:
         raise IngestionError(f"no landing files for {day} under {landing_store.url(day)}/")
     store = artifacts.get_store()

@@ -179,15 +179,19 @@ class ArtifactStore:
                 keys.append(f"{prefix.rstrip('/')}/{name}")
         return sorted(keys)
 
-    def files(self, prefix: str) -> dict[str, tuple[int, float]]:
-        """Every file below ``prefix``, at any depth: key -> (bytes, modified time in epoch
-        seconds; local mtime or the object store's LastModified)."""
+    def files(self, prefix: str, recursive: bool = True) -> dict[str, tuple[int, float]]:
+        """Every file below ``prefix`` (at any depth, or directly under it): key -> (bytes,
+        modified time in epoch seconds; local mtime or the object store's LastModified)."""
         base = self.path(prefix)
         self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return {}
         found: dict[str, tuple[int, float]] = {}
-        listing = cast(dict[str, dict[str, Any]], self.fs.find(base, detail=True))
+        if recursive:
+            listing = cast(dict[str, dict[str, Any]], self.fs.find(base, detail=True))
+        else:
+            entries = cast(list[dict[str, Any]], self.fs.ls(base, detail=True))
+            listing = {e["name"]: e for e in entries if e["type"] == "file" or e.get("islink")}
         for path, info in listing.items():
             stamp = info.get("mtime") or info.get("LastModified") or 0.0
             seconds = stamp.timestamp() if isinstance(stamp, datetime) else float(stamp)
