@@ -6,6 +6,8 @@ A path is data, so it is checked before use: relative, plain segments only (lett
 that row's error, which ingestion turns into a quarantine rule naming the file.
 """
 
+import base64
+import binascii
 import io
 import re
 from collections.abc import Callable
@@ -48,18 +50,29 @@ def decode_image(data: bytes, spec: ImageSpec) -> bytes:
     return b"".join(planes)
 
 
+def inline_image(value: str) -> bytes:
+    """An image sent inline (a request to the server): its file's bytes in base64."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64 ({exc})") from exc
+
+
 def decode_column(
     paths: list[str | None], read: Callable[[str], bytes], spec: ImageSpec
 ) -> tuple[list[bytes | None], list[str | None]]:
-    """(pixels, error) per row; ``read`` gets a checked relative path and returns its bytes."""
+    """(pixels, error) per row; ``read`` gets a checked relative path and returns its bytes,
+    or is ``inline_image``, whose values are the images themselves (never opened as paths,
+    and not quoted in an error)."""
     pixels: list[bytes | None] = []
     errors: list[str | None] = []
-    for path in paths:
+    inline = read is inline_image
+    for row, path in enumerate(paths):
         if path is None:
             pixels.append(None)
             errors.append(None)  # a null path is the not-null rule's to report
             continue
-        problem = unsafe_path(path)
+        problem = None if inline else unsafe_path(path)
         try:
             if problem:
                 raise ValueError(problem)
@@ -70,5 +83,6 @@ def decode_column(
             errors.append(f"image({spec.column}): missing file {path}")
         except ValueError as exc:
             pixels.append(None)
-            errors.append(f"image({spec.column}): {path}: {exc}")
+            where = f"row {row}" if inline else path
+            errors.append(f"image({spec.column}): {where}: {exc}")
     return pixels, errors

@@ -9,10 +9,12 @@ Ingestion keeps rows that break a rule, with the rule, for validation to quarant
 (``typed_features``).
 """
 
+import functools
 import gzip
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -115,42 +117,58 @@ def check_columns(name: str, frame: pl.DataFrame, spec: DatasetSpec) -> list[str
 BOOLEANS = {"true": True, "false": False}
 
 
-def typed_column(source: pl.Series, target: type[pl.DataType], trim: bool) -> pl.Series:
-    """``source`` as ``target``, null where a value does not fit. Integers must be integral:
-    3.5 (or "3.5") is not read as 3, in any file format. A boolean is true/false in any
-    case (or a boolean already); 1, 0, yes and no are not read as booleans."""
-    values = source
-    if trim and source.dtype == pl.String and target != pl.String:
+def typed_column(
+    column: str, source: pl.DataType, target: type[pl.DataType], trim: bool
+) -> pl.Expr:
+    """``column`` (of type ``source``) as ``target``, null where a value does not fit.
+    Integers must be integral: 3.5 (or "3.5") is not read as 3, in any file format. A
+    boolean is true/false in any case (or a boolean already); 1, 0, yes and no are not read
+    as booleans."""
+    values = pl.col(column)
+    if trim and source == pl.String and target != pl.String:
         values = values.str.strip_chars()
-    if target == pl.Boolean and values.dtype != pl.Boolean:
+    if target == pl.Boolean and source != pl.Boolean:
         text = values.cast(pl.String).str.to_lowercase()
         return text.replace_strict(BOOLEANS, default=None, return_dtype=pl.Boolean)
     if target != pl.Int64:
         return values.cast(target, strict=False)
     as_float = values.cast(pl.Float64, strict=False)
     integral = as_float.is_finite() & (as_float == as_float.floor())
-    exact = values.cast(pl.Int64, strict=False) if not values.dtype.is_float() else None
-    frame = pl.DataFrame({"f": as_float, "ok": integral, "i": exact})
-    return frame.select(
-        pl.coalesce("i", pl.when("ok").then(pl.col("f").cast(pl.Int64, strict=False)))
-    ).to_series()
+    from_float = pl.when(integral).then(as_float.cast(pl.Int64, strict=False))
+    if source.is_float():
+        return from_float
+    return pl.coalesce(values.cast(pl.Int64, strict=False), from_float)
 
 
-def type_rules(
-    frame: pl.DataFrame, typed: pl.DataFrame, types: dict[str, type[pl.DataType]]
-) -> list[pl.Expr]:
-    """Per row, the typing rules it breaks in ``types``' columns: a value present but not of
-    its type (``parse(<column>: <type>)``), an integer that is not integral."""
-    rules = []
-    for column, dtype in types.items():
-        present_but_lost = frame[column].is_not_null() & typed[column].is_null()
-        rule: pl.Expr = pl.lit(f"parse({column}: {dtype})")
-        if dtype == pl.Int64:
-            numeric = frame[column].cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
-            rule = pl.when(numeric.is_not_null()).then(pl.lit(f"not_integral({column})"))
-            rule = rule.otherwise(pl.lit(f"parse({column}: {dtype})"))
-        rules.append(pl.when(present_but_lost).then(rule))
-    return rules
+def type_rule(
+    column: str, source: pl.DataType, typed: pl.Expr, target: type[pl.DataType]
+) -> pl.Expr:
+    """Per row, the typing rule the value breaks, or null: a value present but not of its
+    type (``parse(<column>: <type>)``), an integer that is not integral."""
+    rule: pl.Expr = pl.lit(f"parse({column}: {target})")
+    if target == pl.Int64:
+        text = pl.col(column).cast(pl.String).str.strip_chars()
+        numeric = text.cast(pl.Float64, strict=False)
+        rule = pl.when(numeric.is_not_null()).then(pl.lit(f"not_integral({column})"))
+        rule = rule.otherwise(pl.lit(f"parse({column}: {target})"))
+    return pl.when(pl.col(column).is_not_null() & typed.is_null()).then(rule)
+
+
+@functools.lru_cache(maxsize=256)
+def typing_query(
+    schema: tuple[tuple[str, pl.DataType, type[pl.DataType]], ...], trim: bool
+) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """The expressions that type each (column, source type, target type) and name the rule
+    each value breaks; built once per schema (a server types many small frames alike)."""
+    exprs = {c: typed_column(c, source, target, trim) for c, source, target in schema}
+    typing = [e.alias(c) for c, e in exprs.items()]
+    checks = [type_rule(c, src, exprs[c], target).alias(f"type:{c}") for c, src, target in schema]
+    return typing, checks
+
+
+def broken_rules(rules: pl.DataFrame) -> pl.Series:
+    """Per row, the list of rules it breaks (one column of ``rules`` per rule)."""
+    return rules.select(pl.concat_list(pl.all()).list.drop_nulls().alias("rules")).to_series()
 
 
 def typed_rows(
@@ -158,19 +176,26 @@ def typed_rows(
     spec: DatasetSpec,
     types: dict[str, type[pl.DataType]],
     read_image: Callable[[str], bytes] | None,
-) -> tuple[pl.DataFrame, list[pl.Expr]]:
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``frame``'s ``types`` columns typed (and the spec's images decoded into
-    ``IMAGE_PIXELS`` with ``read_image``), and per row the typing rules it breaks: both doors
-    for rows, ingestion and scoring, type them here."""
-    trim = spec.trim_whitespace
-    typed = pl.DataFrame([typed_column(frame[c], t, trim).alias(c) for c, t in types.items()])
-    rules = type_rules(frame, typed, types)
+    ``IMAGE_PIXELS`` with ``read_image``), and per row the typing rules it breaks, one column
+    a rule (null where it holds): both doors for rows, ingestion and scoring, type them here.
+    Each is one Polars query over the frame, whatever its number of columns."""
+    source = frame.schema
+    typing, checks = typing_query(
+        tuple((c, source[c], t) for c, t in types.items()), spec.trim_whitespace
+    )
+    both = frame.select(typing + checks)
+    typed, rules = (
+        both.select(both.columns[: len(typing)]),
+        both.select(both.columns[len(typing) :]),
+    )
     if spec.image is not None:
         if read_image is None:
             raise ValueError(f"the spec reads images ({spec.image.column}): give their folder")
         pixels, errors = decode_column(typed[spec.image.column].to_list(), read_image, spec.image)
         typed = typed.with_columns(pl.Series(IMAGE_PIXELS, pixels, dtype=pl.Binary))
-        rules.append(pl.lit(pl.Series(errors, dtype=pl.String)))
+        rules = rules.with_columns(pl.Series("image", errors, dtype=pl.String))
     return typed, rules
 
 
@@ -196,38 +221,73 @@ def read_landing_file(
     types = column_types(spec)
     frame = protect(parse_file(name, data, types, redact=bool(spec.pii)), spec, pii_key)
     extra = check_columns(name, frame, spec)
-    typed, failed = typed_rows(frame, spec, types, read_image)
-    blank = typed[spec.id_column].str.strip_chars() == ""
-    failed.append(pl.when(blank).then(pl.lit(f"empty({spec.id_column})")))
+    typed, rules = typed_rows(frame, spec, types, read_image)
+    id_column = pl.col(spec.id_column)
+    blank = pl.when(id_column.str.strip_chars() == "").then(pl.lit(f"empty({spec.id_column})"))
+    rules = rules.with_columns(typed.select(blank.alias("empty_id")))
     lineage = typed.with_columns(
-        pl.concat_list(failed).list.drop_nulls().alias(PARSE_ERRORS),
+        broken_rules(rules).alias(PARSE_ERRORS),
         pl.lit(name).alias(SOURCE_FILE),
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(SOURCE_ROW),
     )
     return lineage, extra
 
 
-def typed_features(
+@functools.lru_cache(maxsize=64)
+def presence_checks(
+    required: tuple[str, ...], floats: tuple[str, ...]
+) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """Rules of rows to score: a value present where the spec allows no null, and not NaN in
+    a float column (NaN would reach the model as a missing value)."""
+    nulls = [
+        pl.when(pl.col(c).is_null()).then(pl.lit(f"not_null({c})")).alias(f"null:{c}")
+        for c in required
+    ]
+    nans = [
+        pl.when(pl.col(c).is_nan()).then(pl.lit(f"not_nan({c})")).alias(f"nan:{c}") for c in floats
+    ]
+    return nulls, nans
+
+
+def checked_features(
     frame: pl.DataFrame, spec: DatasetSpec, read_image: Callable[[str], bytes] | None = None
-) -> pl.DataFrame:
-    """The model's feature columns of rows to score, typed as ingestion types them; a row
-    that breaks a rule (a value not of its type, a null where the spec allows none, an image
-    that cannot be read) fails, naming the row (0-based), the column and the rule. Image
-    paths are read with ``read_image``."""
+) -> tuple[pl.DataFrame, pl.Series]:
+    """The model's feature columns of rows to score, typed as ingestion types them, and per
+    row the rules it breaks: a value not of its type, a null or NaN where the spec allows
+    none, an image that cannot be read. Image paths are read with ``read_image``
+    (``images.inline_image``: the values are the images, base64). A missing feature column
+    fails at once, named."""
     features = spec.columns[2:]
     missing = [c for c in features if c not in frame.columns]
     if missing:
         raise ValueError(f"input lacks the model's feature columns {missing[:10]}")
     types = {c: t for c, t in column_types(spec).items() if c in features}
     typed, rules = typed_rows(frame, spec, types, read_image)
-    for column in features:
-        if column not in spec.nullable_columns:
-            rules.append(pl.when(frame[column].is_null()).then(pl.lit(f"not_null({column})")))
-    broken = typed.select(pl.concat_list(rules).list.drop_nulls().alias("rules"))["rules"]
+    required = tuple(c for c in features if c not in spec.nullable_columns)
+    floats = tuple(c for c in required if types[c] == pl.Float64)
+    null_checks, nan_checks = presence_checks(required, floats)
+    nulls, nans = frame.select(null_checks), typed.select(nan_checks)
+    return typed, broken_rules(pl.concat([rules, nulls, nans], how="horizontal"))
+
+
+def refusal(broken: pl.Series) -> str | None:
+    """What is wrong with rows to score, naming the first bad row (0-based) and its rules;
+    None when every row keeps every rule."""
     bad = (broken.list.len() > 0).arg_true()
-    if len(bad):
-        first = int(bad[0])
-        raise ValueError(f"{len(bad)} rows break a rule; row {first}: {', '.join(broken[first])}")
+    if not len(bad):
+        return None
+    first = int(bad[0])
+    return f"{len(bad)} rows break a rule; row {first}: {', '.join(broken[first])}"
+
+
+def typed_features(
+    frame: pl.DataFrame, spec: DatasetSpec, read_image: Callable[[str], bytes] | None = None
+) -> pl.DataFrame:
+    """``checked_features``' typed rows; a row that breaks a rule fails them all, named."""
+    typed, broken = checked_features(frame, spec, read_image)
+    problem = refusal(broken)
+    if problem:
+        raise ValueError(problem)
     return typed
 
 
@@ -244,3 +304,48 @@ def image_reader(folder: Path | None) -> Callable[[str], bytes] | None:
         return target.read_bytes()
 
     return read
+
+
+def json_value(value: Any, column: str, row: int) -> str | None:
+    """A JSON value as the text a CSV cell would hold: numbers and booleans in their JSON
+    spelling, null as null; a list or an object is refused, naming the column and row."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    raise ValueError(
+        f"row {row}: {column}: expected a number, text or null, got a JSON {type(value).__name__}"
+    )
+
+
+def json_frame(columns: dict[str, list[Any]], spec: DatasetSpec) -> pl.DataFrame:
+    """Rows that came as JSON (a request to the server), one list per column, as a text frame
+    of the model's feature columns in the spec's order, for ``checked_features``: they are
+    typed exactly as a landing CSV's cells. A column the spec does not name is refused (unless
+    the spec says ``extra_columns: ignore``; the id and label columns are always let by), and
+    so is a missing feature the spec does not allow to be null; a missing nullable one is
+    null."""
+    unknown = [c for c in columns if c not in spec.columns]
+    if unknown and spec.extra_columns == "fail":
+        raise ValueError(
+            f"unknown features {unknown[:10]}; the model reads {spec.columns[2:][:20]}"
+        )
+    features = spec.columns[2:]
+    missing = [c for c in features if c not in columns and c not in spec.nullable_columns]
+    if missing:
+        raise ValueError(f"missing features {missing[:10]}")
+    rows = len(next(iter(columns.values()), []))
+    return pl.DataFrame(
+        [
+            pl.Series(
+                c,
+                [json_value(v, c, i) for i, v in enumerate(columns[c])]
+                if c in columns
+                else [None] * rows,
+                dtype=pl.String,
+            )
+            for c in features
+        ]
+    )
