@@ -10,6 +10,9 @@ the UI shows.
     lepton demo --days 7       seed, then run
     lepton rollback            point the champion back at the previous one
     lepton predict --input in.parquet --output out.parquet [--images DIR]
+    lepton export --format onnx the champion as ONNX, checked with onnxruntime without torch
+    lepton serve [--port 8080] serve the champion over HTTP, following promotions (see
+                               lepton_core/serving)
     lepton ui                  dagster dev on this project, with the same embedded defaults
 
 Every command takes ``--project lepton.yaml`` (else ``LEPTON_PROJECT``, ``LEPTON_DATASET`` or
@@ -312,6 +315,85 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if all(up for up, _ in report.values()) else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """The champion as ONNX (fp32 and int8), checked against torch, recorded beside it."""
+    from lepton_core.edge import export_onnx
+
+    store = ArtifactStoreResource().get_store()
+    champion = current_champion(store)
+    if champion is None:
+        raise ValueError(f"no champion under {store.uri}: run the training job first")
+    record = export_onnx(store, champion["model_prefix"])
+    for kind, file in record["files"].items():
+        print(f"{kind}: {store.url(file['key'])} (sha256 {file['sha256'][:12]})")
+    print(f"checks on {record['checks']['rows']} test rows: {json.dumps(record['checks'])}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the champion (lepton_core/serving): uvicorn, one app per worker process."""
+    import ipaddress
+    import shutil
+    import socket
+    import tempfile
+
+    import uvicorn
+
+    token = os.environ.get("LEPTON_SERVE_TOKEN")
+    local = (
+        args.uds is not None or ipaddress.ip_address(socket.gethostbyname(args.host)).is_loopback
+    )
+    if not local and not token:
+        raise ValueError(
+            f"--host {args.host} reaches beyond this machine: set LEPTON_SERVE_TOKEN (a bearer "
+            "token clients must send) or listen on 127.0.0.1"
+        )
+    where = f"unix:{args.uds}" if args.uds else f"http://{args.host}:{args.port}"
+    listener = Path(args.uds).stem if args.uds else str(args.port)
+    replica = f"{socket.gethostname()}-{listener}".replace("/", "_")
+    os.environ["LEPTON_ARTIFACTS_URI"] = ArtifactStoreResource().resolved_uri()
+    settings = {
+        "MAX_BATCH": args.max_batch,
+        "MAX_DELAY_MS": args.max_delay_ms,
+        "RUNTIME": args.runtime,
+        "THREADS": args.threads,
+        "SAMPLE_RATE": args.sample_rate,
+        "POLL_S": args.poll_s,
+        "REPLICA": os.environ.get("LEPTON_SERVE_REPLICA", replica),
+    }
+    os.environ.update({f"LEPTON_SERVE_{k}": str(v) for k, v in settings.items()})
+    # each worker counts its own metrics in this folder; /metrics adds them up
+    made = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lepton-metrics-")
+    print(
+        f"lepton serve: {args.workers} worker(s) on {where}, "
+        f"champion of {os.environ['LEPTON_ARTIFACTS_URI']}; "
+        + (
+            "bearer token required"
+            if token
+            else "no LEPTON_SERVE_TOKEN: 127.0.0.1 only, no authentication"
+        ),
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            "lepton_core.serving.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            uds=args.uds,
+            workers=args.workers,
+            log_level=args.log_level,
+            timeout_keep_alive=5,
+            access_log=False,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     prepare_home()
     command = ["dagster", "dev", "-m", "lepton_assets.definitions", "-p", str(args.port)]
@@ -368,6 +450,24 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="a daemon whose last heartbeat is older is down (default 90; daemons beat every 30 s)",
     )
+    export = command("export", cmd_export, "write the champion as ONNX (fp32, int8)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    serve = command("serve", cmd_serve, "serve the champion over HTTP (KServe v2, /predict)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--uds", help="listen on this Unix socket instead (behind a balancer)")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    serve.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    serve.add_argument("--max-batch", type=int, default=64, help="rows in one forward")
+    serve.add_argument(
+        "--max-delay-ms", type=float, default=2.0, help="longest wait for a batch to fill"
+    )
+    serve.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    serve.add_argument(
+        "--sample-rate", type=float, default=0.0, help="share of requests kept for monitoring"
+    )
+    serve.add_argument("--poll-s", type=float, default=1.0, help="champion pointer poll interval")
+    serve.add_argument("--log-level", default="info")
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     return top

@@ -9,7 +9,8 @@
 #      built once with PyTorch + Gloo and cached outside the repo, keyed by the torch and
 #      horovod versions; later runs reuse the cached wheel.
 #   4. the project itself with its dev extras;
-#   5. with --test, the system packages the tests need (Chromium and ChromeDriver, sshd, ip).
+#   5. with --test, the system packages the tests need (Chromium and ChromeDriver, sshd, ip,
+#      HAProxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -100,12 +101,14 @@ pip_install -e '.[dev]'
 # Debian's Chromium and its matching ChromeDriver (the UI test in a real browser), OpenSSH's
 # server and iproute2 (the two-host Horovod test: sshd inside a network namespace). The
 # packages' services are not started by the install where policy-rc.d forbids it (Docker
-# images); the test starts its own sshd on a namespace address.
+# images); the test starts its own sshd on a namespace address. HAProxy balances the
+# server's replicas (deploy/haproxy.sh; the two-replica test starts its own).
 missing=""
 command -v chromium >/dev/null || missing="$missing chromium"
 command -v chromedriver >/dev/null || missing="$missing chromium-driver"
 [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 command -v ip >/dev/null || missing="$missing iproute2"
+[ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 if [ "$WITH_TEST_TOOLS" = 1 ] && [ -n "$missing" ]; then
   command -v apt-get >/dev/null || die "the tests need these Debian packages:$missing; install them"
   [ "$(id -u)" = 0 ] || die "installing them needs root: sudo apt-get install$missing"

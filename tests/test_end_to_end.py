@@ -10,11 +10,13 @@ import pytest
 from lepton_assets.cli import main
 from lepton_assets.definitions import defs
 from lepton_core.data import load_split
+from lepton_core.edge import exportable_prefix
 from lepton_core.models import load_model
 from lepton_core.registry import champion_history, current_champion
 from lepton_core.store import ArtifactStore
 
 from .conftest import DEMO_END
+from .load import served_predictions
 
 ASSETS = [
     "raw_batches",
@@ -97,6 +99,22 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     predictions = pl.read_parquet(lepton_home / "out.parquet")
     assert predictions["sample_id"].to_list() == test_rows["sample_id"].to_list()
     assert (predictions["prediction"] == test_rows["label"]).mean() >= 0.95  # type: ignore[operator]
+
+    # Edge export: the champion as ONNX, checked by onnxruntime in a process without torch,
+    # recorded beside it; the server answers the same rows alike on torch and on onnxruntime.
+    assert main(["export", "--format", "onnx"]) == 0
+    exported = exportable_prefix(store, champion["model_prefix"])
+    record = store.read_json(f"{exported}/onnx.json")
+    assert record["champion"] == champion["model_prefix"] and record["checks"]["rows"] > 100
+    assert record["checks"]["fp32_within_tolerance"] and record["checks"]["int8_ok"]
+    assert record["checks"]["int8_top1_agreement"] >= 0.99
+    assert store.sha256(f"{exported}/model.onnx") == record["files"]["fp32"]["sha256"]
+    rows = test_rows.head(20).drop("sample_id").to_dicts()
+    expected = predictions["prediction"].head(20).to_list()
+    uri = store.uri
+    for runtime in ("torch", "onnx"):
+        answer = served_predictions(uri, rows, "--runtime", runtime)
+        assert answer["predictions"] == expected, runtime
 
     # A candidate that breaks a rule is not promoted; the check says which rule.
     strict = {"min_accuracy": 1.0}

@@ -1,6 +1,7 @@
 """The example projects end to end through `lepton run`: user code from outside the package
 trained on two Horovod processes, compressed, evaluated and promoted."""
 
+import base64
 import importlib.util
 import json
 from datetime import date
@@ -13,7 +14,10 @@ import pytest
 
 from lepton_assets.cli import main
 from lepton_core.keys import current_key
+from lepton_core.predict import predict_frame
 from lepton_core.store import ArtifactStore
+
+from .load import served_predictions
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -72,6 +76,13 @@ def test_tabular_example_with_its_own_model_and_loss(home: Path, capsys):
     report = store.read_json(current_key("evaluation_report"))["prefix"]
     assert store.read_json(f"{report}/evaluation.json")["factory"] == "churn.model:build"
 
+    # The champion served: rows as JSON score as `lepton predict` scores them.
+    rows = example_module("tabular_churn").customers(20, seed=3)
+    expected, _ = predict_frame(store, rows)
+    answer = served_predictions(store.uri, rows.drop("churned").to_dicts())
+    assert answer["model_version"] == summary["champion"].split("/", 1)[1].replace("/", ".")
+    assert answer["predictions"] == expected["prediction"].to_list()
+
     # Nothing new: a second run trains nothing and says so.
     assert run(project, capsys)["status"] == "unchanged"
 
@@ -119,6 +130,17 @@ def test_image_regression_example(home: Path, capsys):
     assert predicted.columns == ["image_id", "prediction"]  # feature columns give way
     error = (predicted["prediction"] - rows["radius"]).abs().mean()
     assert isinstance(error, float) and error < 1.0  # radii span 2..8
+    # Served, with each image sent inline (base64): the same numbers as `lepton predict`
+    # gives each row on its own (a dynamic-int8 champion's answer depends on its batch, so
+    # the server scores such a model a row at a time).
+    store = ArtifactStore(f"file://{home / 'artifacts'}")
+    inline = [
+        {**row, "path": base64.b64encode((day / row["path"]).read_bytes()).decode()}
+        for row in rows.head(10).drop("radius").to_dicts()
+    ]
+    served = served_predictions(store.uri, inline)["predictions"]
+    alone = [predict_frame(store, rows[i : i + 1], day)[0]["prediction"][0] for i in range(10)]
+    assert served == pytest.approx(alone, rel=1e-5)
 
     # A later day where a few pictures come from a camera the model never saw: the next run
     # retrains on it, and the champion is scored on the new test rows with its own vocabulary.

@@ -1,0 +1,368 @@
+"""``lepton serve``: real uvicorn processes on 127.0.0.1, driven as KServe v2 clients and
+``/predict`` callers would drive them, with the load generator of ``tests/load.py``."""
+
+import asyncio
+import base64
+import io
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import torch
+from PIL import Image
+
+from lepton_core.data import dataset_description
+from lepton_core.models import build_model, save_model
+from lepton_core.predict import predict_frame
+from lepton_core.registry import promote
+from lepton_core.serving.batcher import Batcher, Overloaded
+from lepton_core.spec import DatasetSpec, ImageSpec
+from lepton_core.store import ArtifactStore
+from tests.conftest import digits_model_info
+from tests.load import (
+    free_port,
+    lepton_serve,
+    run_load,
+    spawn,
+    start_server,
+    stop_server,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.slow
+TOKEN = "t0ken-for-the-serving-tests"
+PII_KEY = "a-key-of-sixteen-bytes-or-more"
+SHOP = DatasetSpec(
+    name="shop",
+    id_column="id",
+    label_column="bought",
+    classes=["no", "yes"],
+    feature_columns=["price"],
+    categorical_columns=["region", "email"],
+    nullable_columns=["price"],
+    image=ImageSpec(column="photo", size=(8, 8), channels=1),
+    pii={"email": "hash"},
+)
+
+
+def http(
+    method: str, url: str, body: Any = None, token: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any]:
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        text, status = exc.read().decode(), exc.code
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def digits_rows(count: int) -> list[dict[str, float]]:
+    values = torch.arange(count * 64).reshape(count, 64) % 17
+    return [{f"pixel_{i:02d}": float(v) for i, v in enumerate(row)} for row in values.tolist()]
+
+
+def png(value: int) -> str:
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), color=value).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def save_digits(store: ArtifactStore, name: str, seed: int, dtype: str = "float32") -> str:
+    torch.manual_seed(seed)
+    info = {**digits_model_info("mlp"), "dtype": dtype}
+    save_model(store, f"models/{name}/fp32", build_model(info).to(getattr(torch, dtype)), info)
+    return f"models/{name}/fp32"
+
+
+@pytest.fixture(scope="module")
+def digits_server(tmp_path_factory: pytest.TempPathFactory):
+    """Two worker processes serving a digits MLP, champion v0 (v1, in bf16, beside it)."""
+    root = tmp_path_factory.mktemp("digits")
+    uri = f"file://{root}/artifacts"
+    store = ArtifactStore(uri)
+    prefixes = [save_digits(store, "digits-v0", 0), save_digits(store, "digits-v1", 1, "bfloat16")]
+    promote(store, {"model_prefix": prefixes[0]}, "promote-v0")
+    port = free_port()
+    process = start_server(uri, port, "--workers", "2", "--poll-s", "0.3")
+    yield f"http://127.0.0.1:{port}", store, prefixes
+    stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def shop_server(tmp_path_factory: pytest.TempPathFactory):
+    """One worker serving a model with every kind of input (numeric, categorical, hashed
+    personal data, an image), behind a token, with small limits and every request sampled."""
+    root = tmp_path_factory.mktemp("shop")
+    uri = f"file://{root}/artifacts"
+    store = ArtifactStore(uri)
+    preprocessing = {
+        "numeric": {"columns": ["price"], "fill": [1.0], "mean": [0.0], "std": [1.0]},
+        "categorical": {"region": ["east", "west"], "email": ["x"]},
+    }
+    info = {
+        **digits_model_info("mlp"),
+        "spec": SHOP.model_dump(),
+        "preprocessing": preprocessing,
+        "dataset_info": dataset_description(SHOP, preprocessing).model_dump(),
+    }
+    torch.manual_seed(0)
+    save_model(store, "models/shop-v0/fp32", build_model(info), info)
+    promote(store, {"model_prefix": "models/shop-v0/fp32"}, "promote-shop")
+    port = free_port()
+    env = {
+        "LEPTON_SERVE_TOKEN": TOKEN,
+        "LEPTON_PII_KEY": PII_KEY,
+        "LEPTON_SERVE_MAX_BODY_BYTES": "4096",
+        "LEPTON_SERVE_MAX_REQUEST_ROWS": "8",
+        "LEPTON_SERVE_BODY_TIMEOUT_S": "1",
+    }
+    process = start_server(uri, port, "--workers", "1", "--sample-rate", "1", env=env)
+    yield f"http://127.0.0.1:{port}", store, process
+    stop_server(process)
+
+
+def test_the_open_inference_protocol_answers_as_kserve_v2_clients_expect(digits_server) -> None:
+    url, store, prefixes = digits_server
+    assert http("GET", f"{url}/v2/health/live") == (200, {"live": True})
+    status, ready = http("GET", f"{url}/v2/health/ready")
+    assert status == 200 and ready["version"] == "digits-v0.fp32" and ready["ready"] is True
+    status, meta = http("GET", f"{url}/v2/models/digits")
+    assert status == 200 and meta["name"] == "digits" and meta["versions"] == ["digits-v0.fp32"]
+    assert meta["inputs"][0] == {"name": "pixel_00", "datatype": "FP64", "shape": [-1]}
+    assert len(meta["inputs"]) == 64
+    assert meta["outputs"] == [
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+    ]
+    assert http("GET", f"{url}/v2/models/digits/versions/digits-v0.fp32/ready")[0] == 200
+    assert http("GET", f"{url}/v2/models/digits/versions/nope/ready")[0] == 404
+    rows = digits_rows(3)
+    request = {  # as tritonclient / kserve's InferRequest serialize it
+        "id": "req-1",
+        "inputs": [
+            {"name": n, "shape": [3, 1], "datatype": "FP32", "data": [[r[n]] for r in rows]}
+            for n in rows[0]
+        ],
+    }
+    status, answer = http("POST", f"{url}/v2/models/digits/versions/digits-v0.fp32/infer", request)
+    assert status == 200, answer
+    assert answer["id"] == "req-1" and answer["model_version"] == "digits-v0.fp32"
+    label, probabilities = answer["outputs"]
+    assert label["name"] == "label" and label["shape"] == [3]
+    assert probabilities["shape"] == [3, 10] and len(probabilities["data"]) == 30
+    # the same rows through /predict and through `lepton predict` score the same
+    status, plain = http("POST", f"{url}/predict", {"rows": rows})
+    assert status == 200 and plain["predictions"] == label["data"]
+    batch, model = predict_frame(store, pl.DataFrame(rows))
+    assert model == prefixes[0] and batch["prediction"].to_list() == label["data"]
+    expected = torch.tensor(probabilities["data"]).reshape(3, 10)
+    assert torch.allclose(torch.tensor(plain["probabilities"]), expected, atol=1e-6)
+    assert torch.allclose(torch.tensor(batch["confidence"]), expected.max(1).values, atol=1e-6)
+    metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    assert 'lepton_requests_total{code="200",endpoint="infer",version="digits-v0.fp32"}' in metrics
+    assert "lepton_batch_rows_bucket" in metrics and "lepton_queue_seconds_bucket" in metrics
+    assert "lepton_compute_seconds_bucket" in metrics
+
+
+def test_promotions_swap_under_load_with_no_failed_request(digits_server) -> None:
+    """10,000 requests at 64 clients across 3 promotions, then a promotion of a model that
+    cannot load: the old version keeps serving and readiness says why."""
+    url, store, prefixes = digits_server
+    bodies = [json.dumps({"rows": [row]}).encode() for row in digits_rows(16)]
+    swaps = {
+        2500 * i: lambda i=i: promote(store, {"model_prefix": prefixes[i % 2]}, f"swap-{i}")
+        for i in range(1, 4)
+    }
+    result = run_load(f"{url}/predict", bodies, 64, 10_000, 120, read_version=True, events=swaps)
+    print(result.line(), dict(result.versions))
+    assert result.requests == 10_000 and result.failed == 0, (result.statuses, result.errors)
+    assert result.throughput >= 50
+    assert set(result.versions) == {"digits-v0.fp32", "digits-v1.fp32"}
+    time.sleep(1)
+    assert http("GET", f"{url}/v2/health/ready")[1]["version"] == "digits-v1.fp32"
+
+    broken = "models/digits-broken/fp32"
+    store.write_json(f"{broken}/model.json", store.read_json(f"{prefixes[0]}/model.json"))
+    store.write_bytes(f"{broken}/model.pt", b"not a state dict")
+    promote(store, {"model_prefix": broken}, "promote-broken")
+    time.sleep(1.5)
+    status, ready = http("GET", f"{url}/v2/health/ready")
+    assert status == 200 and ready["version"] == "digits-v1.fp32"
+    assert ready["last_load_error"]["model"] == broken
+    assert http("POST", f"{url}/predict", {"rows": digits_rows(1)})[1]["model_version"] == (
+        "digits-v1.fp32"
+    )
+    metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    assert 'lepton_model_loads_total{outcome="failed"}' in metrics
+    promote(store, {"model_prefix": prefixes[0]}, "promote-v0-again")
+
+
+def test_two_replicas_behind_haproxy_swap_under_load_without_failures(tmp_path: Path) -> None:
+    """The deployment of deploy/: replicas on Unix sockets, HAProxy configured by
+    deploy/haproxy.sh in front; 3 promotions under load, every request answered; each replica
+    records the version it serves (the served_traffic asset shows them)."""
+    uri = f"file://{tmp_path}/artifacts"
+    store = ArtifactStore(uri)
+    prefixes = [save_digits(store, f"digits-v{i}", i) for i in range(2)]
+    promote(store, {"model_prefix": prefixes[0]}, "promote-v0")
+    sockets = Path(tempfile.mkdtemp(prefix="lsv-"))  # a socket path must stay short
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    script = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.sh"
+    config.write_text(subprocess.run([str(script), "2", str(sockets), str(port)], check=True,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    processes = [
+        lepton_serve(uri, "--uds", str(sockets / f"serve-{i}.sock"), "--workers", "1",
+                     "--poll-s", "0.3", env={"LEPTON_SERVE_REPLICA": f"replica-{i}"})
+        for i in (1, 2)
+    ]  # fmt: skip
+    processes.append(spawn(["haproxy", "-db", "-f", str(config)]))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, processes, times=20)
+        bodies = [json.dumps({"rows": [row]}).encode() for row in digits_rows(16)]
+        swaps = {
+            1000 * i: lambda i=i: promote(store, {"model_prefix": prefixes[i % 2]}, f"swap-{i}")
+            for i in range(1, 4)
+        }
+        result = run_load(f"{url}/predict", bodies, 32, 4000, 120, read_version=True, events=swaps)
+        print(result.line(), dict(result.versions))
+        assert result.requests == 4000 and result.failed == 0, (result.statuses, result.errors)
+        assert set(result.versions) == {"digits-v0.fp32", "digits-v1.fp32"}
+        time.sleep(1)
+        replicas = {k: store.read_json(k)["version"] for k in store.list("serving/replicas")}
+        assert replicas == {
+            "serving/replicas/replica-1.json": "digits-v1.fp32",
+            "serving/replicas/replica-2.json": "digits-v1.fp32",
+        }
+    finally:
+        for process in processes:
+            stop_server(process)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def shop_row(**changes: Any) -> dict[str, Any]:
+    return {"price": 3.5, "region": "east", "email": "a@b.c", "photo": png(128), **changes}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        (b'{"rows": [', 400, "malformed JSON"),
+        (b'{"rows": [{"price": NaN}]}', 400, "NaN is not JSON"),
+        ({"rows": [shop_row(price="cheap")]}, 400, "parse(price: Float64)"),
+        ({"rows": [shop_row(region=None)]}, 400, "not_null(region)"),
+        ({"rows": [shop_row(region=["a"])]}, 400, "region: expected a number, text or null"),
+        ({"rows": [shop_row(colour="red")]}, 400, "unknown features ['colour']"),
+        ({"rows": [{"price": 1.0, "email": "x", "photo": png(0)}]}, 400, "missing features"),
+        ({"rows": [shop_row(photo="bm90IGFuIGltYWdl")]}, 400, "image(photo): row 0"),
+        ({"rows": [shop_row(photo="%%%")]}, 400, "not base64"),
+        ({"rows": [shop_row()] * 9}, 413, "9 rows in one request; the limit is 8"),
+        ({"rows": [shop_row(email="x" * 5000)]}, 413, "over the limit of 4096"),
+        ({"rows": []}, 400, "at least one row"),
+        ({"inputs": [{"name": "price", "shape": [2], "datatype": "FP64", "data": [1.0]}]}, 400,
+         "input price: shape [2] holds 2 values, data has 1"),
+    ],
+)  # fmt: skip
+def test_bad_input_gets_a_4xx_naming_the_field(shop_server, body, status, names) -> None:
+    url, _, _ = shop_server
+    path = "/v2/models/shop/infer" if isinstance(body, dict) and "inputs" in body else "/predict"
+    raw = body if isinstance(body, bytes) else None
+    got, answer = http("POST", url + path, None if raw else body, TOKEN, raw)
+    assert got == status, answer
+    assert names in answer["error"]
+
+
+def test_the_token_guards_all_but_health_and_the_server_keeps_serving(shop_server) -> None:
+    url, store, _ = shop_server
+    assert http("POST", f"{url}/predict", {"rows": [shop_row()]})[0] == 401
+    assert http("POST", f"{url}/predict", {"rows": [shop_row()]}, "wrong")[0] == 401
+    assert http("GET", f"{url}/metrics", token="wrong")[0] == 401
+    assert http("GET", f"{url}/v2/health/ready")[0] == 200
+    status, answer = http("POST", f"{url}/predict", {"rows": [shop_row(), shop_row()]}, TOKEN)
+    assert status == 200 and answer["model_version"] == "shop-v0.fp32"
+    assert all(label in ("no", "yes") for label in answer["predictions"])
+
+
+def test_a_slow_client_is_cut_off_without_holding_the_worker(shop_server) -> None:
+    url, _, _ = shop_server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 500\r\n\r\n".encode()
+            + b'{"rows": ['
+        )
+        started = time.monotonic()
+        status, _ = http("POST", f"{url}/predict", {"rows": [shop_row()]}, TOKEN)
+        assert status == 200 and time.monotonic() - started < 1.0  # served meanwhile
+        answer = slow.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and "body not received within 1.0 s" in answer
+
+
+def test_served_traffic_is_sampled_with_personal_data_hashed(shop_server) -> None:
+    url, store, process = shop_server
+    for region in ("east", "west", "north"):
+        assert http("POST", f"{url}/predict", {"rows": [shop_row(region=region)]}, TOKEN)[0] == 200
+    stop_server(process)  # a stopping server writes what it sampled
+    files = [k for k in store.files("serving/samples") if k.endswith(".parquet")]
+    frame = pl.concat([store.read_parquet(k) for k in files], how="diagonal_relaxed")
+    assert {"north", "west", "east"} <= set(frame["region"].to_list())
+    assert "a@b.c" not in frame["email"].to_list() and len(frame["email"][0]) == 64
+    assert {"prediction", "confidence", "model_version", "served_at"} <= set(frame.columns)
+    assert "photo" not in frame.columns and frame["_image_pixels"][0] == bytes([128] * 64)
+    assert all(Path(k).parent.name.isdigit() for k in files)  # hourly partitions
+
+
+class SlowModel:
+    """Stands in for a ServedModel in the batcher: records batch sizes, sleeps per batch."""
+
+    version = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def score(self, frames: list[pl.DataFrame]) -> list[Any]:
+        time.sleep(self.seconds)
+        self.batches.append(sum(f.height for f in frames))
+        return [f.height for f in frames]
+
+
+def test_the_batcher_fills_batches_drops_timed_out_requests_and_refuses_overload() -> None:
+    async def scenario() -> None:
+        model = SlowModel(0.05)
+        batcher = Batcher(max_batch=4, max_delay_s=0.002, max_queue_rows=6)
+        batcher.start()
+        row = pl.DataFrame({"x": ["1"]})
+        first = asyncio.ensure_future(batcher.score(model, row))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)  # the first batch (one row) is running
+        waiting = [asyncio.ensure_future(batcher.score(model, row)) for _ in range(5)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.score(model, pl.DataFrame({"x": ["1", "2"]}))  # type: ignore[arg-type]
+        with pytest.raises(TimeoutError):  # gives up while its batch waits
+            await asyncio.wait_for(waiting[4], 0.02)
+        assert await first == 1 and [await w for w in waiting[:4]] == [1, 1, 1, 1]
+        assert model.batches == [1, 4]  # the four live requests in one forward, the 5th dropped
+        await batcher.stop()
+
+    asyncio.run(scenario())
