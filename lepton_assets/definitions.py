@@ -11,6 +11,7 @@ from lepton_assets.compression import compressed_model
 from lepton_assets.evaluation import evaluation_report
 from lepton_assets.executors import lepton_executor
 from lepton_assets.ingestion import raw_batches
+from lepton_assets.monitoring import served_traffic
 from lepton_assets.training import trained_model, training_dataset
 from lepton_assets.validation import validated_batches
 from resources.alerts import AlertWebhookResource
@@ -20,8 +21,8 @@ from resources.horovod_launcher import HorovodLauncherResource
 from resources.landing_zone import LandingZoneResource
 from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
-from schedules.jobs import ingest_job, rollback_job, training_job
-from schedules.schedules import nightly_ingest_schedule
+from schedules.jobs import ingest_job, monitoring_job, rollback_job, training_job
+from schedules.schedules import nightly_ingest_schedule, nightly_monitoring_schedule
 from schedules.sensors import failure_alert_sensor, landing_sensor, retraining_sensor
 
 ingestion_assets = [raw_batches]
@@ -29,6 +30,7 @@ validation_assets = [validated_batches]
 training_assets = [training_dataset, trained_model]
 compression_assets = [compressed_model]
 evaluation_assets = [evaluation_report, champion_model]
+monitoring_assets = [served_traffic]
 
 resources = {
     "artifacts": ArtifactStoreResource(),
@@ -47,9 +49,10 @@ defs = dg.Definitions(
         *training_assets,
         *compression_assets,
         *evaluation_assets,
+        *monitoring_assets,
     ],
-    jobs=[ingest_job, training_job, rollback_job],
-    schedules=[nightly_ingest_schedule],
+    jobs=[ingest_job, training_job, rollback_job, monitoring_job],
+    schedules=[nightly_ingest_schedule, nightly_monitoring_schedule],
     sensors=[landing_sensor, retraining_sensor, failure_alert_sensor],
     resources=resources,
     executor=lepton_executor(),

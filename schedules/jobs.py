@@ -14,6 +14,12 @@ ingest_job = dg.define_asset_job(
     description="Ingest and validate one day of landing files.",
 )
 
+monitoring_job = dg.define_asset_job(
+    "monitoring_job",
+    selection=dg.AssetSelection.groups("monitoring"),
+    description="Measure a day of served traffic against the champion's training data.",
+)
+
 training_job = dg.define_asset_job(
     "training_job",
     selection=dg.AssetSelection.groups("training", "compression", "evaluation"),

@@ -10,6 +10,8 @@ import dagster as dg
 
 from lepton_assets.partitions import landed_days
 from lepton_core.keys import current_key, dataset_info_key
+from lepton_core.registry import current_champion
+from lepton_core.serving.monitor import DRIFT_PREFIX
 from lepton_core.store import ArtifactStore
 from resources.alerts import AlertWebhookResource, first_line, one_line, own_error
 from resources.artifact_store import ArtifactStoreResource
@@ -96,17 +98,30 @@ def retraining_sensor(
         info = store.read_json(dataset_info_key(version))
         trained = {tuple(pair) for pair in info["inputs"]}
     new = [day for day, digest in inputs if (day, digest) not in trained]
-    if len(new) < retraining.min_new_days:
+    drifted = served_drift_days(store)
+    if len(new) < retraining.min_new_days and not (new and drifted):
         reason = f"{len(new)} new validated day(s); retraining waits for {retraining.min_new_days}"
         return dg.SensorResult(skip_reason=reason, cursor=cursor)
     key = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
-    context.log.info(f"new validated days {new}: requesting training_job")
+    tags = {"lepton/new_days": ",".join(new)}
+    if drifted:
+        tags["lepton/served_drift_days"] = ",".join(drifted)
+    context.log.info(f"new validated days {new} (served traffic drifted on {drifted}): retraining")
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(run_key=f"retrain:{key}", tags={"lepton/new_days": ",".join(new)})
-        ],
-        cursor=cursor,
+        run_requests=[dg.RunRequest(run_key=f"retrain:{key}", tags=tags)], cursor=cursor
     )
+
+
+def served_drift_days(store: ArtifactStore) -> list[str]:
+    """Days whose served traffic drifted from the current champion's training data (the
+    served_traffic check failed): retraining then starts with one new validated day."""
+    champion = current_champion(store)
+    if champion is None:
+        return []
+    records = (store.read_json(k) for k in store.list(DRIFT_PREFIX) if k.endswith(".json"))
+    return [
+        r["day"] for r in records if r.get("drifted") and r["champion"] == champion["model_prefix"]
+    ]
 
 
 def validated_manifests(store: ArtifactStore, seen: dict[str, list]) -> dict[str, list]:

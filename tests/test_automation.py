@@ -17,14 +17,20 @@ import pytest
 from lepton_assets.definitions import defs, resources
 from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import raw_batches
+from lepton_assets.monitoring import served_traffic
 from lepton_assets.validation import validated_batches
 from lepton_core.data import build_dataset
 from lepton_core.keys import current_key
+from lepton_core.models import build_model, save_model
+from lepton_core.registry import promote
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 from resources.alerts import AlertWebhookResource
+from resources.artifact_store import ArtifactStoreResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.sensors import failure_alert_sensor, retraining_sensor
+
+from .conftest import digits_model_info
 
 
 def test_nightly_schedule_ingests_yesterday_at_two_utc():
@@ -89,6 +95,46 @@ def test_retraining_is_requested_once_per_new_dataset_version(
     request = second.run_requests[0]
     assert request.run_key != first.run_requests[0].run_key
     assert request.tags["lepton/new_days"] == "2026-01-02"
+
+
+def test_served_traffic_that_drifts_retrains_on_the_first_new_day(
+    artifacts: ArtifactStore, instance: dg.DagsterInstance
+):
+    """The monitoring loop: served features far from the champion's training data fail the
+    served_traffic check, and the retraining sensor no longer waits for min_new_days."""
+    validate_day(artifacts, "2026-01-01", range(0, 600))
+    manifests = [artifacts.read_json("validated/2026-01-01.json")]
+    version, _ = build_dataset(artifacts, DIGITS_SPEC, manifests)
+    artifacts.write_json(current_key("training_dataset"), {"version": version})
+    info = {**digits_model_info("mlp"), "dataset_version": version}
+    save_model(artifacts, "models/m/fp32", build_model(info), info)
+    promote(artifacts, {"model_prefix": "models/m/fp32"}, "run")
+    validate_day(artifacts, "2026-01-02", range(600, 900))
+    assert skipped(retrain_tick(instance, artifacts, min_new_days=2))
+
+    digits = digits_frame().head(200)
+    served = digits.drop("sample_id", "label")
+    bright = served.with_columns(pl.all() * 0 + 16.0)  # every pixel at full ink: drifted
+    for day, frame in (("2026-01-03", served), ("2026-01-04", bright)):
+        rows = frame.with_columns(
+            digits["label"].alias("prediction"), pl.lit(0.9).alias("confidence"),
+            pl.lit("m.fp32").alias("model_version"),
+        )  # fmt: skip
+        artifacts.write_parquet(f"serving/samples/{day}/10/r-1.parquet", rows)
+    calm = dg.materialize([served_traffic], resources={"artifacts": ArtifactStoreResource()},
+                          partition_key="2026-01-03", instance=instance)  # fmt: skip
+    checks = calm.get_asset_check_evaluations()
+    assert calm.success and checks[0].passed and checks[0].metadata["rows"].value == 200
+    assert skipped(retrain_tick(instance, artifacts, min_new_days=2))  # calm traffic: waits
+
+    drifted = dg.materialize([served_traffic], resources={"artifacts": ArtifactStoreResource()},
+                             partition_key="2026-01-04", instance=instance)  # fmt: skip
+    check = drifted.get_asset_check_evaluations()[0]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "features with PSI >" in str(check.metadata["drifted"].value)
+    result = retrain_tick(instance, artifacts, min_new_days=2)
+    assert result.run_requests
+    assert result.run_requests[0].tags["lepton/served_drift_days"] == "2026-01-04"
 
 
 def test_a_retraining_tick_rereads_only_the_manifests_that_changed(

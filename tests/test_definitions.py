@@ -12,6 +12,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "ingest_job",
         "training_job",
         "rollback_job",
+        "monitoring_job",
     }
     sensor = defs.resolve_sensor_def("landing_sensor")
     assert sensor.job_name == "ingest_job" and sensor.minimum_interval_seconds == 30
@@ -30,6 +31,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "compressed_model": "compression",
         "evaluation_report": "evaluation",
         "champion_model": "evaluation",
+        "served_traffic": "monitoring",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
@@ -37,6 +39,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         ("validated_batches", "unique_ids_across_days"),
         ("validated_batches", "drift"),
         ("evaluation_report", "blessed"),
+        ("served_traffic", "served_traffic_stable"),
     }
 
 
