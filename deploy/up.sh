@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command for the whole Lepton stack on a machine without Docker: the code location,
-# webserver, daemon and a Celery worker under supervisord (deploy/supervisord.conf, each
-# restarted if it exits), on the PostgreSQL instance of deploy/dagster.yaml and the RabbitMQ
-# broker, which run as system services. Logs go to $DAGSTER_HOME/logs.
+# webserver, daemon, a Celery worker and the served champion (LEPTON_SERVE_REPLICAS replicas of
+# `lepton serve`, default 2, behind HAProxy on 127.0.0.1:LEPTON_SERVE_PORT, default 8080) under
+# supervisord (deploy/supervisord.conf, each restarted if it exits), on the PostgreSQL instance
+# of deploy/dagster.yaml and the RabbitMQ broker, which run as system services. Logs go to
+# $DAGSTER_HOME/logs. HAProxy comes from the distribution (apt-get install haproxy).
 #
 #   DAGSTER_HOME=/srv/lepton/dagster_home DAGSTER_PG_HOST=... DAGSTER_PG_DB=... \
 #   DAGSTER_PG_USER=... DAGSTER_PG_PASSWORD=... LEPTON_ID_INDEX_URL=postgresql://... \
@@ -23,6 +25,10 @@ export LEPTON_WEB_PORT=${LEPTON_WEB_PORT:-3000}
 export LEPTON_LOG_DIR=${LEPTON_LOG_DIR:-$DAGSTER_HOME/logs}
 mkdir -p "$LEPTON_LOG_DIR"
 export PATH="$PWD/.venv/bin:$PATH"
+export LEPTON_SERVE_REPLICAS=${LEPTON_SERVE_REPLICAS:-2} LEPTON_SERVE_WORKERS=${LEPTON_SERVE_WORKERS:-1}
+command -v haproxy >/dev/null || { echo "up.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
+deploy/haproxy.sh "$LEPTON_SERVE_REPLICAS" "$LEPTON_LOG_DIR" "${LEPTON_SERVE_PORT:-8080}" \
+  > "$LEPTON_LOG_DIR/haproxy.cfg"
 # Create or migrate the instance's schema once, before four processes open it at the same time.
 dagster instance migrate >/dev/null
 exec supervisord -c deploy/supervisord.conf

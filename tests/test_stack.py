@@ -3,6 +3,7 @@ PostgreSQL instance and the local RabbitMQ) and `lepton health`, which names the
 is down."""
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,13 +11,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lepton_core.models import build_model, save_model
+from lepton_core.registry import promote
+from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import stop_processes_with
 
+from .conftest import digits_model_info
+from .load import wait_ready
 from .services import instance_env
 from .test_postgres import throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import free_port
@@ -36,12 +43,18 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
     throwaway_db: str,  # noqa: F811
     tmp_path: Path,
 ):
-    port = free_port()
+    port, serve_port = free_port(), free_port()
+    store = ArtifactStore(f"file://{tmp_path / 'lepton' / 'artifacts'}")
+    info = digits_model_info("mlp")
+    save_model(store, "models/m/fp32", build_model(info), info)
+    promote(store, {"model_prefix": "models/m/fp32"}, "stack")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEPTON_", "DAGSTER_"))}
     env |= {
         **instance_env(tmp_path / "dagster_home", throwaway_db),
         "LEPTON_HOME": str(tmp_path / "lepton"),
         "LEPTON_WEB_PORT": str(port),
+        "LEPTON_SERVE_PORT": str(serve_port),
+        "LEPTON_SERVE_REPLICAS": "2",
         # supervisord's control socket: a short path (a Unix socket path has ~100 bytes)
         "LEPTON_LOG_DIR": tempfile.mkdtemp(prefix="lepton-stack-"),
     }
@@ -70,6 +83,12 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
         (settings,) = home.glob("dagster_celery/config/*/dagster_celery_config.py")
         assert "broker_url" in settings.read_text()
         assert settings.stat().st_mode & 0o077 == 0, oct(settings.stat().st_mode)
+        # The champion is served by two replicas behind HAProxy.
+        wait_ready(f"http://127.0.0.1:{serve_port}", [stack], times=10)
+        row = json.dumps({"rows": [{f"pixel_{i:02d}": 1 for i in range(64)}]}).encode()
+        answer = urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/predict", row, 30)
+        assert json.loads(answer.read())["model_version"] == "m.fp32"
+        assert len(store.list("serving/replicas")) == 2
 
         # The worker stopped: the stack is unhealthy and health says which part; started
         # again, all is well.
