@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
@@ -132,19 +133,9 @@ async def load(
     return result
 
 
-def run_load(
-    url: str,
-    bodies: list[bytes],
-    clients: int,
-    requests: int,
-    max_seconds: float,
-    headers: dict[str, str] | None = None,
-    read_version: bool = False,
-    events: Mapping[int, Callable[[], object]] | None = None,
-) -> LoadResult:
-    return asyncio.run(
-        load(url, bodies, clients, requests, max_seconds, headers, read_version, events)
-    )
+def run_load(*args: Any, **kwargs: Any) -> LoadResult:
+    """``load``, from synchronous code."""
+    return asyncio.run(load(*args, **kwargs))
 
 
 def free_port() -> int:

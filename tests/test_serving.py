@@ -25,10 +25,12 @@ from lepton_core.models import build_model, save_model
 from lepton_core.predict import predict_frame
 from lepton_core.registry import promote
 from lepton_core.serving.batcher import Batcher, Overloaded
+from lepton_core.serving.model import version_of
 from lepton_core.spec import DatasetSpec, ImageSpec
 from lepton_core.store import ArtifactStore
 from tests.conftest import digits_model_info
 from tests.load import (
+    LoadResult,
     free_port,
     lepton_serve,
     run_load,
@@ -48,7 +50,6 @@ SHOP = DatasetSpec(
     classes=["no", "yes"],
     feature_columns=["price"],
     categorical_columns=["region", "email"],
-    nullable_columns=["price"],
     image=ImageSpec(column="photo", size=(8, 8), channels=1),
     pii={"email": "hash"},
 )
@@ -182,20 +183,30 @@ def test_the_open_inference_protocol_answers_as_kserve_v2_clients_expect(digits_
     assert "lepton_compute_seconds_bucket" in metrics
 
 
+def load_with_swaps(
+    url: str, store: ArtifactStore, prefixes: list[str], clients: int, requests: int
+) -> LoadResult:
+    """``requests`` to /predict while the champion is promoted 3 times, a quarter of the
+    requests apart, between the two versions: every request answered, by both versions."""
+    bodies = [json.dumps({"rows": [row]}).encode() for row in digits_rows(16)]
+    swaps = {
+        requests * i // 4: lambda i=i: promote(store, {"model_prefix": prefixes[i % 2]}, f"{i}")
+        for i in range(1, 4)
+    }
+    result = run_load(f"{url}/predict", bodies, clients, requests, 120, read_version=True,
+                      events=swaps)  # fmt: skip
+    print(result.line(), dict(result.versions))
+    assert result.requests == requests and result.failed == 0, (result.statuses, result.errors)
+    assert set(result.versions) == {version_of(p) for p in prefixes}
+    return result
+
+
 def test_promotions_swap_under_load_with_no_failed_request(digits_server) -> None:
     """10,000 requests at 64 clients across 3 promotions, then a promotion of a model that
     cannot load: the old version keeps serving and readiness says why."""
     url, store, prefixes = digits_server
-    bodies = [json.dumps({"rows": [row]}).encode() for row in digits_rows(16)]
-    swaps = {
-        2500 * i: lambda i=i: promote(store, {"model_prefix": prefixes[i % 2]}, f"swap-{i}")
-        for i in range(1, 4)
-    }
-    result = run_load(f"{url}/predict", bodies, 64, 10_000, 120, read_version=True, events=swaps)
-    print(result.line(), dict(result.versions))
-    assert result.requests == 10_000 and result.failed == 0, (result.statuses, result.errors)
+    result = load_with_swaps(url, store, prefixes, 64, 10_000)
     assert result.throughput >= 50
-    assert set(result.versions) == {"digits-v0.fp32", "digits-v1.fp32"}
     time.sleep(1)
     assert http("GET", f"{url}/v2/health/ready")[1]["version"] == "digits-v1.fp32"
 
@@ -238,15 +249,7 @@ def test_two_replicas_behind_haproxy_swap_under_load_without_failures(tmp_path: 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, processes, times=20)
-        bodies = [json.dumps({"rows": [row]}).encode() for row in digits_rows(16)]
-        swaps = {
-            1000 * i: lambda i=i: promote(store, {"model_prefix": prefixes[i % 2]}, f"swap-{i}")
-            for i in range(1, 4)
-        }
-        result = run_load(f"{url}/predict", bodies, 32, 4000, 120, read_version=True, events=swaps)
-        print(result.line(), dict(result.versions))
-        assert result.requests == 4000 and result.failed == 0, (result.statuses, result.errors)
-        assert set(result.versions) == {"digits-v0.fp32", "digits-v1.fp32"}
+        load_with_swaps(url, store, prefixes, 32, 4000)
         time.sleep(1)
         replicas = {k: store.read_json(k)["version"] for k in store.list("serving/replicas")}
         assert replicas == {
@@ -269,6 +272,8 @@ def shop_row(**changes: Any) -> dict[str, Any]:
         (b'{"rows": [', 400, "malformed JSON"),
         (b'{"rows": [{"price": NaN}]}', 400, "NaN is not JSON"),
         ({"rows": [shop_row(price="cheap")]}, 400, "parse(price: Float64)"),
+        ({"rows": [shop_row(price="NaN")]}, 400, "not_nan(price)"),
+        ({"rows": [shop_row(price=True)]}, 400, "parse(price: Float64)"),
         ({"rows": [shop_row(region=None)]}, 400, "not_null(region)"),
         ({"rows": [shop_row(region=["a"])]}, 400, "region: expected a number, text or null"),
         ({"rows": [shop_row(colour="red")]}, 400, "unknown features ['colour']"),
@@ -280,6 +285,10 @@ def shop_row(**changes: Any) -> dict[str, Any]:
         ({"rows": []}, 400, "at least one row"),
         ({"inputs": [{"name": "price", "shape": [2], "datatype": "FP64", "data": [1.0]}]}, 400,
          "input price: shape [2] holds 2 values, data has 1"),
+        ({"inputs": [{"name": "price", "shape": [1], "datatype": "FP64", "data": ["1"]}]}, 400,
+         "input price: row 0: datatype FP64 expects int/float, got '1'"),
+        ({"inputs": [{"name": "price", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]},
+         400, "shape must be [B] or [B, 1]"),
     ],
 )  # fmt: skip
 def test_bad_input_gets_a_4xx_naming_the_field(shop_server, body, status, names) -> None:
