@@ -154,16 +154,29 @@ def type_rule(
     return pl.when(pl.col(column).is_not_null() & typed.is_null()).then(rule)
 
 
+Schema = tuple[tuple[str, pl.DataType, type[pl.DataType]], ...]
+
+
 @functools.lru_cache(maxsize=256)
-def typing_query(
-    schema: tuple[tuple[str, pl.DataType, type[pl.DataType]], ...], trim: bool
-) -> tuple[list[pl.Expr], list[pl.Expr]]:
-    """The expressions that type each (column, source type, target type) and name the rule
-    each value breaks; built once per schema (a server types many small frames alike)."""
+def typing_query(schema: Schema, trim: bool, required: tuple[str, ...] = ()) -> list[pl.Expr]:
+    """One select that types each (column, source type, target type) and, after those
+    columns, names per row the rule each value breaks: its type, and for ``required``
+    columns (rows to score) a null, or a NaN in a float column (NaN would reach the model as
+    a missing value). Built once per schema: a server types many small frames alike."""
     exprs = {c: typed_column(c, source, target, trim) for c, source, target in schema}
     typing = [e.alias(c) for c, e in exprs.items()]
     checks = [type_rule(c, src, exprs[c], target).alias(f"type:{c}") for c, src, target in schema]
-    return typing, checks
+    targets = {c: target for c, _, target in schema}
+    nulls = [
+        pl.when(pl.col(c).is_null()).then(pl.lit(f"not_null({c})")).alias(f"null:{c}")
+        for c in required
+    ]
+    nans = [
+        pl.when(exprs[c].is_nan()).then(pl.lit(f"not_nan({c})")).alias(f"nan:{c}")
+        for c in required
+        if targets[c] == pl.Float64
+    ]
+    return typing + checks + nulls + nans
 
 
 def broken_rules(rules: pl.DataFrame) -> pl.Series:
@@ -176,20 +189,16 @@ def typed_rows(
     spec: DatasetSpec,
     types: dict[str, type[pl.DataType]],
     read_image: Callable[[str], bytes] | None,
+    required: tuple[str, ...] = (),
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``frame``'s ``types`` columns typed (and the spec's images decoded into
-    ``IMAGE_PIXELS`` with ``read_image``), and per row the typing rules it breaks, one column
-    a rule (null where it holds): both doors for rows, ingestion and scoring, type them here.
-    Each is one Polars query over the frame, whatever its number of columns."""
+    ``IMAGE_PIXELS`` with ``read_image``), and per row the rules it breaks, one column a rule
+    (null where it holds): its types, and nulls and NaN in ``required`` columns. Both doors
+    for rows, ingestion and scoring, type them here, in one Polars query over the frame."""
     source = frame.schema
-    typing, checks = typing_query(
-        tuple((c, source[c], t) for c, t in types.items()), spec.trim_whitespace
-    )
-    both = frame.select(typing + checks)
-    typed, rules = (
-        both.select(both.columns[: len(typing)]),
-        both.select(both.columns[len(typing) :]),
-    )
+    schema = tuple((c, source[c], t) for c, t in types.items())
+    both = frame.select(typing_query(schema, spec.trim_whitespace, required)).get_columns()
+    typed, rules = pl.DataFrame(both[: len(types)]), pl.DataFrame(both[len(types) :])
     if spec.image is not None:
         if read_image is None:
             raise ValueError(f"the spec reads images ({spec.image.column}): give their folder")
@@ -233,22 +242,6 @@ def read_landing_file(
     return lineage, extra
 
 
-@functools.lru_cache(maxsize=64)
-def presence_checks(
-    required: tuple[str, ...], floats: tuple[str, ...]
-) -> tuple[list[pl.Expr], list[pl.Expr]]:
-    """Rules of rows to score: a value present where the spec allows no null, and not NaN in
-    a float column (NaN would reach the model as a missing value)."""
-    nulls = [
-        pl.when(pl.col(c).is_null()).then(pl.lit(f"not_null({c})")).alias(f"null:{c}")
-        for c in required
-    ]
-    nans = [
-        pl.when(pl.col(c).is_nan()).then(pl.lit(f"not_nan({c})")).alias(f"nan:{c}") for c in floats
-    ]
-    return nulls, nans
-
-
 def checked_features(
     frame: pl.DataFrame, spec: DatasetSpec, read_image: Callable[[str], bytes] | None = None
 ) -> tuple[pl.DataFrame, pl.Series]:
@@ -262,12 +255,9 @@ def checked_features(
     if missing:
         raise ValueError(f"input lacks the model's feature columns {missing[:10]}")
     types = {c: t for c, t in column_types(spec).items() if c in features}
-    typed, rules = typed_rows(frame, spec, types, read_image)
     required = tuple(c for c in features if c not in spec.nullable_columns)
-    floats = tuple(c for c in required if types[c] == pl.Float64)
-    null_checks, nan_checks = presence_checks(required, floats)
-    nulls, nans = frame.select(null_checks), typed.select(nan_checks)
-    return typed, broken_rules(pl.concat([rules, nulls, nans], how="horizontal"))
+    typed, rules = typed_rows(frame, spec, types, read_image, required)
+    return typed, broken_rules(rules)
 
 
 def refusal(broken: pl.Series) -> str | None:
