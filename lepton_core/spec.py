@@ -288,7 +288,14 @@ class TrainingSettings(BaseModel):
         default=False, description="compress gradients to fp16 for the allreduce"
     )
     amp: Literal["bf16", "fp16", "off"] = Field(
-        default="bf16", description="automatic mixed precision on CUDA (ignored on CPU)"
+        default="bf16",
+        description="automatic mixed precision on CUDA (on CPU only with amp_on_cpu); fp16 "
+        "with a gradient scaler, checkpointed with the model",
+    )
+    amp_on_cpu: bool = Field(
+        default=False,
+        description="apply amp on CPU too (CPU autocast): for CPUs with bf16 units; on others "
+        "it is slower than float32",
     )
     seed: int = Field(default=0, description="seed of initialization and shuffling")
 

@@ -161,10 +161,10 @@ class Trainer:
         self.model = build_model(self.model_info)
         self.model.to(self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["amp"])
-        self.use_amp = self.cuda and self.amp_dtype is not None
+        self.use_amp = self.amp_dtype is not None and (self.cuda or job.get("amp_on_cpu", False))
         # fp16 autocast needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+            self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16
         )
         # Horovod: the one-process learning rate is scaled by the number of processes below.
         # Any: prepare() swaps in Horovod's DistributedOptimizer, a class made at run time.

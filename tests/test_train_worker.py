@@ -113,3 +113,34 @@ def test_cuda_mixed_precision_trains(artifacts: ArtifactStore, dataset_version: 
     trainer.finish()
     history = artifacts.read_json("models/test/history.json")
     assert history[-1]["val_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_runs_the_cuda_path_and_checkpoints_the_scaler(
+    artifacts: ArtifactStore, dataset_version: str, amp: str
+):
+    """amp_on_cpu takes the training step CUDA takes (autocast, and for fp16 a gradient
+    scaler whose state is checkpointed and restored on resume), with CPU autocast."""
+    settings = {"epochs": 2, "amp": amp, "amp_on_cpu": True, "learning_rate": 3e-3}
+    trainer = Trainer(artifacts, job(artifacts, dataset_version, arch="mlp", **settings), None)
+    assert trainer.use_amp and trainer.device.type == "cpu"
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    seen: set[torch.dtype] = set()
+    first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+    trainer.prepare()
+    trainer.train_epoch(trainer.loaders()[0])
+    assert torch.bfloat16 in seen if amp == "bf16" else torch.float16 in seen
+    trainer.run()
+    trainer.finish()
+    assert artifacts.read_json("models/test/history.json")[-1]["val_accuracy"] > 0.8
+    saved = io.BytesIO(artifacts.read_bytes("checkpoints/test/run-1/latest.pt"))
+    scaler = torch.load(saved, weights_only=True)["scaler"]
+    if amp == "fp16":
+        assert scaler["scale"] > 0 and scaler["_growth_tracker"] > 0
+        more = {**settings, "epochs": 3}
+        resumed = Trainer(artifacts, job(artifacts, dataset_version, arch="mlp", **more), None)
+        resumed.prepare()
+        assert resumed.scaler.state_dict() == scaler
+    else:
+        assert scaler == {}  # bf16 needs no loss scaling
