@@ -5,7 +5,8 @@
 #   2. PyTorch first, CPU build by default: a plain `torch` requirement would pull
 #      several GB of CUDA packages. Users with CUDA override LEPTON_TORCH_SPEC and
 #      LEPTON_TORCH_INDEX (e.g. torch==2.13.0 and https://download.pytorch.org/whl/cu130).
-#   3. Horovod 0.28.1 from its sdist, patched to compile as C++17 (PyTorch >= 2.1 needs it),
+#   3. Horovod 0.28.1 from its sdist, patched by scripts/patch_horovod.sh (C++17, standard
+#      includes newer compilers need, CUDA 13),
 #      built once with PyTorch + Gloo and cached outside the repo, keyed by the torch and
 #      horovod versions; later runs reuse the cached wheel.
 #   4. the project itself with its dev extras;
@@ -37,7 +38,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-PY="$PWD/$VENV/bin/python"
+PY="$(cd "$VENV" && pwd)/bin/python"  # LEPTON_VENV may be relative or absolute
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 pip_install --upgrade pip setuptools wheel
 
@@ -68,11 +69,9 @@ if ! "$PY" -c 'import horovod.torch' 2>/dev/null; then
     "$PY" -m pip download -q --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
     tar -xzf "$build"/horovod-*.tar.gz -C "$build"
     src="$build/horovod-$HOROVOD_VERSION"
-    # PyTorch >= 2.1 headers refuse to compile below C++17 (DESIGN.md, "Known facts").
-    sed -i -E 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' "$src/CMakeLists.txt" \
-      "$src/horovod/torch/CMakeLists.txt"
-    grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" \
-      || die "the C++17 patch did not apply to $src/horovod/torch/CMakeLists.txt"
+    # C++17 for PyTorch's headers, the standard includes newer GCCs no longer pull in, C++17
+    # for CUDA 13's headers (DESIGN.md, "Known facts").
+    bash scripts/patch_horovod.sh "$src"
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
       HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
     if [ "$CUDA_VERSION" != cpu ]; then
@@ -92,6 +91,16 @@ if ! "$PY" -c 'import horovod.torch' 2>/dev/null; then
   fi
   pip_install "$wheel"
 fi
+# Which collectives this Horovod carries: Gloo always; NCCL where torch has CUDA.
+# (nccl_built() is NCCL's version number, 0 without it.)
+built=$("$PY" -c 'import horovod.torch as h; print(int(bool(h.gloo_built())), h.nccl_built())') \
+  || die "horovod.torch does not import"
+read -r gloo nccl <<<"$built"
+[ "$gloo" = 1 ] || die "Horovod was built without Gloo"
+if [ "$CUDA_VERSION" != cpu ] && [ "$nccl" = 0 ]; then
+  die "torch has CUDA $CUDA_VERSION but Horovod was built without NCCL (remove $WHEEL_CACHE to rebuild)"
+fi
+log "horovod: gloo built, nccl $([ "$nccl" = 0 ] && echo 'not built' || echo "built ($nccl)"); $(g++ --version | head -1)"
 
 # --- 4. the project ------------------------------------------------------------------
 log "installing lepton with dev extras"
