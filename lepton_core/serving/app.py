@@ -173,9 +173,11 @@ class Server:
             ) from exc
         return parse_json(raw)
 
-    async def score(self, columns: dict[str, list[Any]]) -> tuple[ServedModel, Any]:
-        """Rows typed and scored by the version serving when they arrived."""
-        served = self.serving()
+    async def score(
+        self, columns: dict[str, list[Any]], served: ServedModel | None = None
+    ) -> tuple[ServedModel, Any]:
+        """Rows typed and scored by ``served``, else by the version serving when they arrived."""
+        served = served or self.serving()
         count = len(next(iter(columns.values()), []))
         if count > self.settings.max_request_rows:
             raise BadRequest(
@@ -242,9 +244,9 @@ class Server:
         return JSONResponse({"name": served.spec.name, "ready": True}), served.version
 
     async def infer(self, request: Request) -> tuple[Response, str]:
-        self.model_for(request)
+        served = self.model_for(request)  # the version named, or serving, as it arrived
         body = await self.body(request)
-        served, scored = await self.score(v2_columns(body))
+        served, scored = await self.score(v2_columns(body), served)
         request_id = body.get("id") if isinstance(body, dict) else None
         return JSONResponse(v2_response(served, scored, request_id)), served.version
 

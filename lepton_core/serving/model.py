@@ -52,8 +52,8 @@ class ServedModel:
 
     @classmethod
     def load(cls, store: ArtifactStore, prefix: str, pii_key: bytes, runtime: str) -> "ServedModel":
-        """Load a version (weights only), then warm it up and check its outputs' shape on a
-        dummy batch: a model that fails either never serves."""
+        """Load a version (weights only), then warm it up and check it on one row
+        (``check_rows``): a model that fails either never serves."""
         if runtime == "onnx":
             from lepton_core.edge import load_onnx_model
 
