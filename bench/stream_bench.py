@@ -172,7 +172,7 @@ def main() -> None:
     }
     print(f"{CORES} cores; torch {torch.__version__}; batch {BATCH}; train split ~80 % of rows")
     with tempfile.TemporaryDirectory() as tmp:
-        versions = {}
+        versions: dict[str, tuple[str, str]] = {}
         for name, (spec, frame) in datasets.items():
             uri = f"file://{tmp}/{name}"
             versions[name] = uri, build(uri, spec, frame)
@@ -185,9 +185,11 @@ def main() -> None:
                       f"{memory[1]:8,.0f} MB/s | stream/memory {stream[0] / memory[0]:.2f}; "
                       f"stream per process {stream[0] / processes:,.0f} samples/s")  # fmt: skip
         small = f"file://{tmp}/small"
-        versions["3x32x32, 12k rows"] = small, build(small, *images(int(12_000 * args.scale), 32))
+        spec, frame = images(int(12_000 * args.scale), 32)
+        versions["3x32x32, 12k rows"] = small, build(small, spec, frame)
         for name, arch in (("tabular", "mlp"), ("3x32x32, 12k rows", "cnn")):
-            fed, preloaded = epoch_cost(*versions[name], arch)
+            uri, version = versions[name]
+            fed, preloaded = epoch_cost(uri, version, arch)
             print(f"CPU epoch, {arch} on {name}: stream-fed {fed:.2f} s, from memory "
                   f"{preloaded:.2f} s: the stream costs "
                   f"{100 * (fed - preloaded) / preloaded:+.1f} % of the epoch")  # fmt: skip
