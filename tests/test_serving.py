@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lepton_assets.cli import main
 from lepton_core.data import dataset_description
 from lepton_core.models import build_model, save_model
 from lepton_core.predict import predict_frame
@@ -375,3 +376,12 @@ def test_the_batcher_fills_batches_drops_timed_out_requests_and_refuses_overload
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_serve_refuses_an_outside_address_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("LEPTON_SERVE_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 1
+    error = capsys.readouterr().err
+    assert "--host 0.0.0.0 reaches beyond this machine: set LEPTON_SERVE_TOKEN" in error
