@@ -84,7 +84,7 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
         assert "broker_url" in settings.read_text()
         assert settings.stat().st_mode & 0o077 == 0, oct(settings.stat().st_mode)
         # The champion is served by two replicas behind HAProxy.
-        wait_ready(f"http://127.0.0.1:{serve_port}", [stack], times=10)
+        wait_ready(f"http://127.0.0.1:{serve_port}", [stack], seconds=120, times=10)
         row = json.dumps({"rows": [{f"pixel_{i:02d}": 1 for i in range(64)}]}).encode()
         answer = urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/predict", row, 30)
         assert json.loads(answer.read())["model_version"] == "m.fp32"
