@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +25,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lepton_core.privacy import check_key
 from lepton_core.rows import json_frame
 from lepton_core.serving import metrics
 from lepton_core.serving.batcher import Batcher, BatchStats, Overloaded
@@ -42,40 +40,11 @@ from lepton_core.serving.protocol import (
     v2_response,
 )
 from lepton_core.serving.sampler import Sampler
-from lepton_core.spec import DatasetSpec
+from lepton_core.serving.settings import ServeSettings
 from lepton_core.store import ArtifactStore
 
 log = logging.getLogger("lepton.serve")
 Handler = Callable[[Request], Awaitable[tuple[Response, str]]]
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Every setting, from ``LEPTON_SERVE_<NAME>`` (the store from ``LEPTON_ARTIFACTS_URI``)."""
-
-    artifacts_uri: str
-    max_batch: int = 64  # rows in one forward
-    max_delay_ms: float = 2.0  # longest wait for a batch to fill
-    max_request_rows: int = 1024
-    max_queue_rows: int = 8192
-    max_body_bytes: int = 8 * 1024 * 1024
-    body_timeout_s: float = 5.0
-    timeout_s: float = 10.0
-    poll_s: float = 1.0
-    runtime: str = "torch"  # or onnx
-    threads: int = 1  # torch threads per worker process
-    sample_rate: float = 0.0  # share of served requests written for monitoring
-    replica: str = "local"
-
-    @classmethod
-    def from_env(cls) -> "ServeSettings":
-        values: dict[str, Any] = {"artifacts_uri": os.environ["LEPTON_ARTIFACTS_URI"]}
-        for f in fields(cls):
-            raw = os.environ.get(f"LEPTON_SERVE_{f.name.upper()}")
-            if raw is not None and f.name != "artifacts_uri":
-                kind = type(getattr(cls, f.name))
-                values[f.name] = kind(raw)
-        return cls(**values)
 
 
 class Server:
@@ -97,10 +66,7 @@ class Server:
 
     # -- model versions -------------------------------------------------------------------
     def load(self, prefix: str) -> ServedModel:
-        info = self.store.read_json(f"{prefix}/model.json")
-        spec = DatasetSpec.model_validate(info["spec"])
-        key = check_key(spec, self.pii_key, "LEPTON_PII_KEY")
-        return ServedModel.load(self.store, prefix, key, self.settings.runtime)
+        return ServedModel.load(self.store, prefix, self.pii_key, self.settings.runtime)
 
     def swapped(self, served: ServedModel) -> None:
         metrics.LOADS.labels("ok").inc()

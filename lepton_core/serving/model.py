@@ -6,6 +6,8 @@ first part and with ``/`` as ``.`` (``<dataset>-<run>.<variant>``), so it fits a
 """
 
 import base64
+import functools
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from lepton_core.images import inline_image
 from lepton_core.models import load_model, model_inputs, model_scores
-from lepton_core.privacy import protect
+from lepton_core.privacy import check_key, protect
 from lepton_core.rows import checked_features, refusal
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
@@ -42,25 +44,30 @@ class ServedModel:
     model: nn.Module
     pii_key: bytes
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         return version_of(self.prefix)
 
-    @property
+    @functools.cached_property
     def spec(self) -> DatasetSpec:
+        """Validated once: every request reads it."""
         return DatasetSpec.model_validate(self.info["spec"])
 
     @classmethod
-    def load(cls, store: ArtifactStore, prefix: str, pii_key: bytes, runtime: str) -> "ServedModel":
-        """Load a version (weights only), then warm it up and check it on one row
-        (``check_rows``): a model that fails either never serves."""
+    def load(
+        cls, store: ArtifactStore, prefix: str, pii_key: str | None, runtime: str
+    ) -> "ServedModel":
+        """Load a version (weights only), check the personal-data key its spec needs
+        (``LEPTON_PII_KEY``), then warm it up and check it on one row (``check_rows``): a
+        model that fails any of these never serves."""
         if runtime == "onnx":
             from lepton_core.edge import load_onnx_model
 
             model, info = load_onnx_model(store, prefix)
         else:
             model, info = load_model(store, prefix)
-        served = cls(prefix, info, model, pii_key)
+        spec = DatasetSpec.model_validate(info["spec"])
+        served = cls(prefix, info, model, check_key(spec, pii_key, "LEPTON_PII_KEY"))
         served.check_rows()
         return served
 
@@ -89,32 +96,34 @@ class ServedModel:
         request with a row that breaks a rule gets ``RowsRefused`` naming it; the others are
         scored."""
         batch = pl.concat(frames) if len(frames) > 1 else frames[0]
-        spec = self.spec
-        typed, broken = checked_features(protect(batch, spec, self.pii_key), spec, inline_image)
-        results: list[Scored | RowsRefused] = []
-        keep, start = [], 0
+        typed, broken = checked_features(
+            protect(batch, self.spec, self.pii_key), self.spec, inline_image
+        )
+        starts = [0]
         for frame in frames:
-            problem = refusal(broken.slice(start, frame.height))
-            results.append(RowsRefused(problem) if problem else Scored([], None, typed.clear()))
-            keep += [problem is None] * frame.height
-            start += frame.height
-        good = typed.filter(pl.Series(keep)) if not all(keep) else typed
-        if good.height == 0:
-            return results
-        scores = self.forward(model_inputs(self.info, good))
-        classes, start = spec.classes, 0
-        for i, frame in enumerate(frames):
-            if isinstance(results[i], RowsRefused):
+            starts.append(starts[-1] + frame.height)
+        problems = [refusal(broken.slice(a, b - a)) for a, b in itertools.pairwise(starts)]
+        keep = [p is None for p, f in zip(problems, frames, strict=True) for _ in range(f.height)]
+        good = typed if all(keep) else typed.filter(pl.Series(keep))
+        scores = self.forward(model_inputs(self.info, good)) if good.height else None
+        results: list[Scored | RowsRefused] = []
+        start = 0
+        for problem, frame in zip(problems, frames, strict=True):
+            if problem is not None:
+                results.append(RowsRefused(problem))
                 continue
-            part = scores[start : start + frame.height]
-            rows = good.slice(start, frame.height)
+            assert scores is not None
+            part, rows = scores[start : start + frame.height], good.slice(start, frame.height)
             start += frame.height
-            if classes is None:
-                results[i] = Scored(part.tolist(), None, rows)
-            else:
-                labels = [classes[k] for k in part.argmax(1).tolist()]
-                results[i] = Scored(labels, part.tolist(), rows)
+            results.append(self.scored(part, rows))
         return results
+
+    def scored(self, scores: torch.Tensor, rows: pl.DataFrame) -> Scored:
+        """Regression values, or the user's labels with their probabilities."""
+        classes = self.spec.classes
+        if classes is None:
+            return Scored(scores.tolist(), None, rows)
+        return Scored([classes[k] for k in scores.argmax(1).tolist()], scores.tolist(), rows)
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         """The model's scores for a batch. Dynamic int8 quantizes activations with one scale per
