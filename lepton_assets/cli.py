@@ -39,7 +39,8 @@ from lepton_assets.demo import seed_landing
 from lepton_assets.partitions import landed_days
 from lepton_core.evaluate import headline
 from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
-from lepton_core.registry import current_champion
+from lepton_core.registry import current_champion, require_champion
+from lepton_core.serving.settings import ServeSettings
 from resources.alerts import own_error
 from resources.artifact_store import ArtifactStoreResource, lepton_home
 from resources.landing_zone import LandingZoneResource
@@ -320,10 +321,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lepton_core.edge import export_onnx
 
     store = ArtifactStoreResource().get_store()
-    champion = current_champion(store)
-    if champion is None:
-        raise ValueError(f"no champion under {store.uri}: run the training job first")
-    record = export_onnx(store, champion["model_prefix"])
+    record = export_onnx(store, require_champion(store)["model_prefix"])
     for kind, file in record["files"].items():
         print(f"{kind}: {store.url(file['key'])} (sha256 {file['sha256'][:12]})")
     print(f"checks on {record['checks']['rows']} test rows: {json.dumps(record['checks'])}")
@@ -457,16 +455,29 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--uds", help="listen on this Unix socket instead (behind a balancer)")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
-    serve.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    serve.add_argument("--max-batch", type=int, default=64, help="rows in one forward")
+    default = ServeSettings  # its class attributes are the defaults
     serve.add_argument(
-        "--max-delay-ms", type=float, default=2.0, help="longest wait for a batch to fill"
+        "--threads", type=int, default=default.threads, help="torch threads per process"
     )
-    serve.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     serve.add_argument(
-        "--sample-rate", type=float, default=0.0, help="share of requests kept for monitoring"
+        "--max-batch", type=int, default=default.max_batch, help="rows in one forward"
     )
-    serve.add_argument("--poll-s", type=float, default=1.0, help="champion pointer poll interval")
+    serve.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=default.max_delay_ms,
+        help="longest wait for a batch to fill",
+    )
+    serve.add_argument("--runtime", choices=["torch", "onnx"], default=default.runtime)
+    serve.add_argument(
+        "--sample-rate",
+        type=float,
+        default=default.sample_rate,
+        help="share of requests kept for monitoring",
+    )
+    serve.add_argument(
+        "--poll-s", type=float, default=default.poll_s, help="champion pointer poll interval"
+    )
     serve.add_argument("--log-level", default="info")
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)

@@ -10,7 +10,7 @@ import polars as pl
 
 from lepton_core.models import load_model, model_inputs, model_scores
 from lepton_core.privacy import check_key, protect
-from lepton_core.registry import current_champion
+from lepton_core.registry import require_champion
 from lepton_core.rows import image_reader, typed_features
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
@@ -29,9 +29,7 @@ def predict_frame(
     value in the target's unit) and, for classes, its probability; also returns which model
     predicted. The model is loaded weights-only. Categorical columns the spec hashes are
     hashed with ``pii_key`` (the ingestion key) before encoding, as the model learned them."""
-    pointer = current_champion(store)
-    if pointer is None:
-        raise ValueError(f"no champion under {store.uri}: run the training job first")
+    pointer = require_champion(store)
     model, info = load_model(store, pointer["model_prefix"])
     spec = DatasetSpec.model_validate(info["spec"])
     key = check_key(spec, pii_key, "LEPTON_PII_KEY")

@@ -19,6 +19,14 @@ def current_champion(store: ArtifactStore) -> dict[str, Any] | None:
     return store.read_json(POINTER_KEY) if store.exists(POINTER_KEY) else None
 
 
+def require_champion(store: ArtifactStore) -> dict[str, Any]:
+    """The champion pointer; a ValueError naming the store when nothing was promoted yet."""
+    pointer = current_champion(store)
+    if pointer is None:
+        raise ValueError(f"no champion under {store.uri}: run the training job first")
+    return pointer
+
+
 def champion_history(store: ArtifactStore) -> list[dict[str, Any]]:
     """Every promotion and rollback, oldest first."""
     return [store.read_json(key) for key in store.list(HISTORY_PREFIX) if key.endswith(".json")]

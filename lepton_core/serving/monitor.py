@@ -15,7 +15,7 @@ import polars as pl
 
 from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.keys import drift_reference_key
-from lepton_core.registry import current_champion
+from lepton_core.registry import require_champion
 from lepton_core.serving.sampler import SAMPLES_PREFIX
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
@@ -37,9 +37,7 @@ def served_rows(store: ArtifactStore, day: str) -> pl.DataFrame | None:
 def served_drift(store: ArtifactStore, day: str) -> dict[str, Any]:
     """The day's served traffic measured against the champion's training data; written to
     ``serving/drift/<day>.json``."""
-    champion = current_champion(store)
-    if champion is None:
-        raise ValueError("no champion: nothing is served yet")
+    champion = require_champion(store)
     info = store.read_json(f"{champion['model_prefix']}/model.json")
     spec = DatasetSpec.model_validate(info["spec"])
     frame = served_rows(store, day)
@@ -50,14 +48,15 @@ def served_drift(store: ArtifactStore, day: str) -> dict[str, Any]:
         measured = drift(spec, reference, as_labelled)
         vocab = info["preprocessing"]["categorical"]
         unseen = unseen_categories(frame, vocab)
-        values = frame.height * max(len(vocab), 1)
         result.update(
             rows=frame.height,
             versions=dict(frame["model_version"].value_counts().iter_rows()),
             prediction_psi=measured["label_psi"],
             feature_psi=measured["feature_psi"],
             unseen_categories=unseen,
-            unseen_share=round(sum(unseen.values()) / values, 4) if vocab else 0.0,
+            unseen_share=round(sum(unseen.values()) / (frame.height * len(vocab)), 4)
+            if vocab
+            else 0.0,
             drifted=drift_verdict(spec, measured),
         )
     store.write_json(drift_key(day), result)
