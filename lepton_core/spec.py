@@ -297,6 +297,13 @@ class TrainingSettings(BaseModel):
         description="apply amp on CPU too (CPU autocast): for CPUs with bf16 units; on others "
         "it is slower than float32",
     )
+    loader_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="processes per rank that read and encode batches (0: the training "
+        "process does); unset: 0 on CPU, on CUDA the rank's share of the cores less one, at "
+        "most 4. The batches are the same for any number",
+    )
     seed: int = Field(default=0, description="seed of initialization and shuffling")
 
 

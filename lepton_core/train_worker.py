@@ -29,19 +29,18 @@ import os
 import random
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import horovod.torch as hvd
 import torch
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dagster_pipes
 from torch import nn
-from torch.utils.data import DataLoader
 
 from lepton_core.data import read_dataset_info, target_scaling
 from lepton_core.models import build_model, save_model, torch_bytes
 from lepton_core.store import ArtifactStore
-from lepton_core.streaming import ShardStream
+from lepton_core.streaming import Batch, ShardStream, device_batches
 from lepton_core.tasks import Loss, Task, significant, task_of
 from lepton_core.usercode import resolve
 
@@ -73,13 +72,20 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def to_device(batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    return [t.to(device, non_blocking=True) for t in batch]
+def loader_workers(setting: int | None, cuda: bool) -> int:
+    """Processes that read and encode a rank's batches. Unset: none on CPU (the cores train;
+    measured in bench/stream_bench.py), on CUDA the rank's share of the cores less one for
+    the training thread, at most 4."""
+    if setting is not None:
+        return setting
+    if not cuda:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // hvd.local_size() - 1))
 
 
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    batches: Iterable[Batch],
     device: torch.device,
     loss_fn: Loss,
     task: Task,
@@ -90,8 +96,7 @@ def evaluate(
     model.eval()
     loss_sum, metric_sum, count = 0.0, 0.0, 0
     with torch.no_grad():
-        for batch in loader:
-            *x, y = to_device(batch, device)
+        for *x, y in device_batches(batches, device):
             outputs = model(*x).float()
             loss_sum += float(loss_fn(outputs, y)) * len(y)
             metric_sum += task.metric_sums(outputs, y)
@@ -237,10 +242,12 @@ class Trainer:
             compression=compression,
         )
 
-    def loaders(self) -> tuple[DataLoader, DataLoader, ShardStream]:
+    def streams(self) -> tuple[ShardStream, ShardStream]:
         # Horovod: each rank streams its own part of the split's row groups (never the whole
         # split); set_epoch reshuffles them. Built per call so an elastic reset picks up the
         # new size and rank.
+        workers = loader_workers(self.job.get("loader_workers"), self.cuda)
+
         def stream(split: str, batch_size: int, shuffle: bool) -> ShardStream:
             return ShardStream(
                 self.store,
@@ -251,22 +258,21 @@ class Trainer:
                 hvd.size(),
                 shuffle=shuffle,
                 seed=self.job["seed"],
+                workers=workers,
+                pin_memory=self.cuda,
             )
 
-        train_stream = stream("train", self.job["batch_size"], shuffle=True)
-        # batch_size=None: the stream yields whole batches.
-        train = DataLoader(train_stream, batch_size=None, pin_memory=self.cuda)
-        val = DataLoader(stream("val", 256, shuffle=False), batch_size=None, pin_memory=self.cuda)
-        return train, val, train_stream
+        return stream("train", self.job["batch_size"], shuffle=True), stream("val", 256, False)
 
-    def train_epoch(self, loader: DataLoader) -> tuple[float, float]:
+    def train_epoch(self, loader: ShardStream) -> tuple[float, float]:
         """One pass over this rank's shard; (mean loss over all ranks, samples/s of the job)."""
         self.model.train()
         size, steps = hvd.size(), len(loader)
         warmup_steps = self.job["warmup_epochs"] * steps
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for i, batch in enumerate(loader):
-            *x, y = to_device(batch, self.device)
+        started, seen = time.perf_counter(), 0
+        # Summed on the device: reading a loss each step would wait for the GPU every step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, (*x, y) in enumerate(device_batches(loader, self.device)):
             step = self.epoch * steps + i
             for group in self.optimizer.param_groups:
                 # Horovod: learning rate × size, reached after the warm-up.
@@ -282,27 +288,34 @@ class Trainer:
             with self.optimizer.skip_synchronize():
                 self.scaler.step(self.optimizer)
             self.scaler.update()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss.detach().double() * len(y)
             seen += len(y)
+        loss_total = loss_sum.item()  # waits for the last step
         seconds = time.perf_counter() - started
         # Horovod: average the loss and add up throughput over all ranks.
         totals = hvd.allreduce(
-            torch.tensor([loss_sum, seen, seen / max(seconds, 1e-9)], dtype=torch.float64),
+            torch.tensor([loss_total, seen, seen / max(seconds, 1e-9)], dtype=torch.float64),
             op=hvd.Sum,
             name="train_totals",
         )
         return float(totals[0] / totals[1]), float(totals[2])
 
+    def gpu_memory(self) -> dict[str, float]:
+        """Rank 0's peak GPU memory so far (MiB), on CUDA."""
+        if not self.cuda:
+            return {}
+        return {"gpu_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
     def run(self, commit: Any = None) -> None:
         """Epochs from the one after the last completed, until done or stopped early."""
-        train_loader, val_loader, train_stream = self.loaders()
+        train_stream, val_stream = self.streams()
         patience = self.job["patience"]
         while self.epoch < self.job["epochs"]:
             # Horovod: a different shuffle of the shards every epoch.
             train_stream.set_epoch(self.epoch)
-            train_loss, throughput = self.train_epoch(train_loader)
+            train_loss, throughput = self.train_epoch(train_stream)
             val_loss, val_metric = evaluate(
-                self.model, val_loader, self.device, self.loss_fn, self.task, self.target_unit
+                self.model, val_stream, self.device, self.loss_fn, self.task, self.target_unit
             )
             self.epoch += 1
             # Horovod: every rank's peak memory, so growth with the data shows per rank.
@@ -315,6 +328,7 @@ class Trainer:
                     self.task.metric: significant(val_metric),
                     "samples_per_s": round(throughput, 1),
                     "rank_peak_rss_mb": rss,
+                    **self.gpu_memory(),
                 }
             )
             if val_loss < self.best["val_loss"] - MIN_IMPROVEMENT:

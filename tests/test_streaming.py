@@ -9,7 +9,7 @@ from lepton_core import data
 from lepton_core.data import build_dataset, load_split, read_dataset_info
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
-from lepton_core.streaming import ShardStream
+from lepton_core.streaming import ShardStream, device_batches, rebatch
 
 SPEC = DatasetSpec(
     name="t", id_column="id", label_column="y", task="regression", feature_columns=["x"]
@@ -90,15 +90,21 @@ def test_a_rank_holds_at_most_its_buffer_of_row_groups(
 ):
     stream = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, buffer_groups=2)
     held: list[int] = []
-    tensors = stream.tensors
-    monkeypatch.setattr(stream, "tensors", lambda f, c: held.append(f.height) or tensors(f, c))
+    chunk = stream.chunk
+
+    def counted(epoch: int, index: int) -> list[torch.Tensor]:
+        tensors = chunk(epoch, index)
+        held.append(len(tensors[0]))
+        return tensors
+
+    monkeypatch.setattr(stream, "chunk", counted)
     batches = list(stream)
     assert max(held) <= 2 * 40 and sum(held) == stream.rows
     assert all(len(b[0]) == 16 for b in batches[:-1])
     assert isinstance(batches[0][0], torch.Tensor) and batches[0][0].shape[1:] == (1,)
 
 
-def test_a_part_within_the_buffer_is_read_once_and_a_larger_one_is_not_kept(
+def test_a_part_within_the_cache_is_read_once_and_a_larger_one_is_not_kept(
     artifacts: ArtifactStore, dataset: dict, monkeypatch: pytest.MonkeyPatch
 ):
     read = artifacts.read_row_group
@@ -106,18 +112,66 @@ def test_a_part_within_the_buffer_is_read_once_and_a_larger_one_is_not_kept(
     monkeypatch.setattr(
         artifacts, "read_row_group", lambda k, i: calls.append((k, i)) or read(k, i)
     )
-    groups = len(ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True).groups)
-    small = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, buffer_groups=groups)
+    small = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True)
+    groups = len(small.groups)
+    epochs = []
     for epoch in range(3):
         small.set_epoch(epoch)
-        values(small)
+        epochs.append(values(small))
     assert len(calls) == groups and len(set(calls)) == groups
     calls.clear()
-    large = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, buffer_groups=2)
-    for epoch in range(2):
+    # Two row groups' worth of bytes (x and the target, float32, 40 rows each): no part fits.
+    limit = 2 * 40 * 2 * 4
+    large = ShardStream(artifacts, dataset, "train", 16, 0, 1, shuffle=True, cache_bytes=limit)
+    for epoch in range(3):
         large.set_epoch(epoch)
-        values(large)
-    assert len(calls) > groups and large.read_group.cache_info().currsize == 2
+        assert values(large) == epochs[epoch]  # the cache changes what is read, not the rows
+    assert len(calls) > groups and large.cache.bytes <= limit and len(large.cache.held) == 2
+
+
+def test_worker_processes_give_the_same_batches_byte_for_byte(
+    artifacts: ArtifactStore, dataset: dict
+):
+    """Reading in two forkserver worker processes (kept across epochs) changes nothing: the
+    same batches, in the same order, with the same bytes, every epoch; equal steps too."""
+
+    def epochs(stream: ShardStream) -> list[list[bytes]]:
+        seen = []
+        for epoch in range(2):
+            stream.set_epoch(epoch)
+            seen.append([b"".join(t.numpy().tobytes() for t in batch) for batch in stream])
+        return seen
+
+    kwargs = {"shuffle": True, "seed": 5, "buffer_groups": 2}
+    here = ShardStream(artifacts, dataset, "train", 24, 1, 2, **kwargs)
+    workers = ShardStream(artifacts, dataset, "train", 24, 1, 2, workers=2, **kwargs)
+    expected = epochs(here)
+    assert epochs(workers) == expected
+    assert expected[0] != expected[1] and len(expected[0]) == len(workers) == 20
+    assert workers.loader is not None and workers.loader.num_workers == 2
+
+
+def test_batches_are_cut_across_chunks_in_order():
+    chunks = [[torch.arange(0, 5)], [torch.arange(5, 7)], [torch.arange(7, 14)]]
+    batches = [b[0].tolist() for b in rebatch(chunks, 4, pin=False)]
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13]]
+    exact = [b[0].tolist() for b in rebatch([[torch.arange(3)], [torch.arange(3, 6)]], 3, False)]
+    assert exact == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_cpu_batches_pass_through_to_the_device_unchanged():
+    batches = [[torch.arange(4), torch.ones(4)], [torch.arange(2), torch.zeros(2)]]
+    moved = list(device_batches(batches, torch.device("cpu")))
+    expected = [[[0, 1, 2, 3], [1.0] * 4], [[0, 1], [0.0] * 2]]
+    assert [[t.tolist() for t in b] for b in moved] == expected
+
+
+@pytest.mark.gpu
+def test_batches_reach_the_gpu_through_the_side_stream_in_order():
+    batches = [[torch.arange(i, i + 1000).pin_memory()] for i in range(0, 10_000, 1000)]
+    moved = list(device_batches(batches, torch.device("cuda")))
+    assert all(b[0].device.type == "cuda" for b in moved)
+    assert torch.cat([b[0] for b in moved]).cpu().tolist() == list(range(10_000))
 
 
 def test_a_retrain_splits_only_the_new_days(artifacts: ArtifactStore):

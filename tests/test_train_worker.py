@@ -14,7 +14,7 @@ from lepton_core.models import load_model
 from lepton_core.spec import DIGITS_PROJECT, ModelRef, Project, TrainingSettings
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import TASKS
-from lepton_core.train_worker import Trainer, train, warmup_factor
+from lepton_core.train_worker import Trainer, parameter_digest, train, warmup_factor
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,6 +95,23 @@ def test_early_stopping_keeps_the_best_epoch(artifacts: ArtifactStore, dataset_v
     assert history[-1]["epoch"] - best["epoch"] == 2
 
 
+def test_loader_worker_processes_train_the_same_model_bit_for_bit(
+    artifacts: ArtifactStore, dataset_version: str
+):
+    """Batches read by two worker processes (kept across epochs) train exactly the model that
+    batches read in the training process train: same parameters, same losses."""
+    ends = []
+    for workers in (0, 2):
+        prefixes = {"output_prefix": f"models/w{workers}", "checkpoint_prefix": f"ck/w{workers}"}
+        settings = {"arch": "mlp", "epochs": 2, "loader_workers": workers, **prefixes}
+        trainer = Trainer(artifacts, job(artifacts, dataset_version, **settings), None)
+        trainer.prepare()
+        trainer.run()
+        trainer.finish()
+        ends.append((parameter_digest(trainer.model), [h["train_loss"] for h in trainer.history]))
+    assert ends[0] == ends[1]
+
+
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_every_architecture_trains_an_epoch(
     artifacts: ArtifactStore, dataset_version: str, arch: str
@@ -129,7 +146,7 @@ def test_mixed_precision_on_cpu_runs_the_cuda_path_and_checkpoints_the_scaler(
     first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
     first.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
     trainer.prepare()
-    trainer.train_epoch(trainer.loaders()[0])
+    trainer.train_epoch(trainer.streams()[0])
     assert torch.bfloat16 in seen if amp == "bf16" else torch.float16 in seen
     trainer.run()
     trainer.finish()
