@@ -1,11 +1,15 @@
 """scripts/patch_horovod.sh, with this machine's compiler: the headers it patches compile even
-where the standard library no longer includes <string>, <cstdint> and <stdexcept> for them."""
+where the standard library no longer includes <string>, <cstdint> and <stdexcept> for them.
+And bench/gpu_check.sh, which CI runs without a GPU: it must skip cleanly."""
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # A header as Horovod's were written: it uses the three without including them.
@@ -55,3 +59,16 @@ def test_the_horovod_patch_adds_the_includes_and_the_standards(tmp_path: Path) -
     patched = (src / "horovod/common/fake.h").read_text()
     subprocess.run(patch, check=True, capture_output=True)  # a second run changes nothing
     assert (src / "horovod/common/fake.h").read_text() == patched
+
+
+def test_the_gpu_check_skips_cleanly_without_a_gpu() -> None:
+    """bench/gpu_check.sh (and the Python it runs) say they skipped and exit 0 on a machine
+    without CUDA, as in CI; on a GPU machine run the check itself."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run bash bench/gpu_check.sh")
+    env = {**os.environ, "LEPTON_PYTHON": sys.executable}
+    for command in (["bash", "bench/gpu_check.sh"], [sys.executable, "bench/gpu_check.py"]):
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "gpu_check: skipped: " in result.stdout
+        assert "no CUDA device" in result.stdout
