@@ -13,6 +13,7 @@ from lepton_assets.executors import lepton_executor
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.monitoring import served_traffic
 from lepton_assets.training import trained_model, training_dataset
+from lepton_assets.tuning import tuned_config
 from lepton_assets.validation import validated_batches
 from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
@@ -21,13 +22,21 @@ from resources.horovod_launcher import HorovodLauncherResource
 from resources.landing_zone import LandingZoneResource
 from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
-from schedules.jobs import ingest_job, monitoring_job, rollback_job, training_job
+from schedules.jobs import (
+    ingest_job,
+    monitoring_job,
+    rollback_job,
+    training_job,
+    tune_and_train_job,
+    tuning_job,
+)
 from schedules.schedules import nightly_ingest_schedule, nightly_monitoring_schedule
 from schedules.sensors import failure_alert_sensor, landing_sensor, retraining_sensor
 
 ingestion_assets = [raw_batches]
 validation_assets = [validated_batches]
 training_assets = [training_dataset, trained_model]
+tuning_assets = [tuned_config]
 compression_assets = [compressed_model]
 evaluation_assets = [evaluation_report, champion_model]
 monitoring_assets = [served_traffic]
@@ -47,11 +56,12 @@ defs = dg.Definitions(
         *ingestion_assets,
         *validation_assets,
         *training_assets,
+        *tuning_assets,
         *compression_assets,
         *evaluation_assets,
         *monitoring_assets,
     ],
-    jobs=[ingest_job, training_job, rollback_job, monitoring_job],
+    jobs=[ingest_job, training_job, tuning_job, tune_and_train_job, rollback_job, monitoring_job],
     schedules=[nightly_ingest_schedule, nightly_monitoring_schedule],
     sensors=[landing_sensor, retraining_sensor, failure_alert_sensor],
     resources=resources,

@@ -17,9 +17,11 @@ from lepton_core.data import (
     dataset_description,
     read_dataset_info,
 )
-from lepton_core.keys import dataset_prefix
+from lepton_core.keys import current_key, dataset_prefix
 from lepton_core.models import build_model, check_outputs
 from lepton_core.spec import DatasetSpec, Project
+from lepton_core.store import ArtifactStore
+from lepton_core.tuning import apply
 from lepton_core.usercode import UserCodeError, resolve
 from resources.artifact_store import ArtifactStoreResource
 from resources.horovod_launcher import HorovodLauncherResource
@@ -89,6 +91,17 @@ def model_description(project: Project, dataset: dict[str, Any]) -> dict[str, An
     }
 
 
+def tuned_project(store: ArtifactStore, user: Project) -> tuple[Project, dict[str, Any] | None]:
+    """The project with the latest study's best configuration in place (a run config value
+    still wins over it), and that configuration; the project as it is when none was tuned.
+    A study's result is kept for later datasets: hyperparameters outlive a day's data."""
+    if user.tuning is None or not store.exists(current_key("tuned_config")):
+        return user, None
+    tuned = store.read_json(current_key("tuned_config"))
+    training, model = apply(tuned["params"], user.training, user.model_ref)
+    return user.model_copy(update={"training": training, "model": model}), tuned
+
+
 def check_user_code(info: dict[str, Any]) -> None:
     """Build the model and run a dummy batch (and the loss) before any Horovod process
     starts; errors name the factory or loss and the shapes."""
@@ -99,7 +112,7 @@ def check_user_code(info: dict[str, Any]) -> None:
 
 
 @dg.asset(
-    deps=[training_dataset],
+    deps=[training_dataset, "tuned_config"],
     group_name="training",
     kinds={"torch", "horovod"},
     # One Horovod job at a time: its processes take every core (or GPU) they are given.
@@ -126,9 +139,14 @@ def trained_model(
     store = artifacts.get_store()
     pointer, consumed = upstream(store, context, "training_dataset")
     version = pointer["version"]
-    user = project.get_project()
+    user, tuned = tuned_project(store, project.get_project())
+    if tuned:
+        context.log.info(
+            f"the tuned configuration of study {tuned['study']} (trial {tuned['trial']}, "
+            f"{tuned['metric']} {tuned['value']}): {tuned['params']}"
+        )
     settings = effective(user.training, config, "trained_model")
-    info = model_description(user, read_dataset_info(store, version))
+    info = {**model_description(user, read_dataset_info(store, version)), "tuned": tuned}
     try:
         check_user_code(info)
     except UserCodeError as exc:

@@ -11,6 +11,7 @@ CPU latency.
 
 import base64
 import html
+import json
 import re
 import statistics
 from typing import Any
@@ -181,6 +182,17 @@ def cell(value: Any) -> str:
     return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
+def tuned_line(tuned: dict[str, Any] | None) -> str:
+    """Which configuration trained the model: the project's, or a study's best trial."""
+    if not tuned:
+        return "Hyperparameters: the project's (no tuning study)."
+    params = ", ".join(f"{k}={json.dumps(v)}" for k, v in tuned["params"].items())
+    return (
+        f"Hyperparameters: tuned by study `{tuned['study']}`, trial {tuned['trial']} "
+        f"({tuned['metric']} {tuned['value']:.5g} on validation): {params}."
+    )
+
+
 def report_markdown(ev: dict[str, Any], variants: dict[str, Any]) -> str:
     """The report as Markdown. Values from data and user code are plain text here; the HTML
     rendering escapes every one of them."""
@@ -198,6 +210,8 @@ def report_markdown(ev: dict[str, Any], variants: dict[str, Any]) -> str:
         f"Task {task}; model factory `{ev['factory']}`. Dataset version "
         f"`{ev['dataset_version']}`, held-out test split of {ev['test_rows']} samples. "
         f"Compression variant: `{ev['variant']}`.",
+        "",
+        tuned_line(ev.get("tuned")),
         "",
         f"Verdict: {verdict}",
         "",
@@ -359,6 +373,7 @@ def evaluate_candidate(
         "task": task.name,
         "metric": task.metric,
         "factory": info["factory"],
+        "tuned": info.get("tuned"),
         "candidate_model": candidate_prefix,
         "variant": info["variant"],
         "dataset_version": version,

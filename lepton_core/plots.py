@@ -88,3 +88,27 @@ def pareto_png(rows: list[dict[str, Any]], chosen: str, metric: str) -> bytes:
         ax.grid(alpha=0.3)
     fig.suptitle(f"Compression variants (chosen: {chosen})")
     return png(fig)
+
+
+def study_png(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) -> bytes:
+    """A tuning study: each trial's epochs (pruned ones end early), and the best value so far."""
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    trials_ax, best_ax = fig.subplots(1, 2)
+    colours = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
+    for row in rows:
+        trials_ax.bar(row["trial"], row["epochs"], color=colours.get(row["state"], "grey"))
+    trials_ax.set_xlabel("trial")
+    trials_ax.set_ylabel("epochs run (orange: pruned, red: failed)")
+    done = [(r["trial"], r["value"]) for r in rows if r["value"] is not None]
+    best_ax.plot([t for t, _ in done], [v for _, v in done], "o", label="trial")
+    if done:
+        best, running = [], done[0][1]
+        for _, value in done:
+            running = max(running, value) if higher_is_better else min(running, value)
+            best.append(running)
+        best_ax.step([t for t, _ in done], best, where="post", label="best so far")
+    best_ax.set_xlabel("trial")
+    best_ax.set_ylabel(metric.replace("_", " "))
+    best_ax.legend()
+    fig.suptitle("Tuning study")
+    return png(fig)

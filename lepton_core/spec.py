@@ -344,6 +344,100 @@ class CompressionSettings(BaseModel):
     )
 
 
+# Training knobs a study may search; a model factory's keyword arguments are ``kwargs.<name>``.
+TUNABLE = ("learning_rate", "batch_size", "epochs", "warmup_epochs", "patience")
+
+
+def kwarg_name(name: str) -> str:
+    """``widths`` of a search parameter named ``kwargs.widths``; empty for other names."""
+    return name.removeprefix("kwargs.") if name.startswith("kwargs.") else ""
+
+
+class SearchParam(BaseModel):
+    """One dimension of a search space: a range (``low``..``high``, integers if both are,
+    ``log`` for a log scale, ``step`` for a grid) or a list of ``choices`` (any JSON values)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: StrictInt | float | None = None
+    high: StrictInt | float | None = None
+    log: bool = False
+    step: StrictInt | float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def one_kind(self) -> "SearchParam":
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low})")
+        return self
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is one this dimension can take."""
+        if self.choices is not None:
+            return value in self.choices
+        assert self.low is not None and self.high is not None
+        return isinstance(value, int | float) and self.low <= value <= self.high
+
+    @property
+    def integer(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+
+
+class TuningSettings(BaseModel):
+    """A hyperparameter study: what to search, how long, and how to stop poor trials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: dict[str, SearchParam] = Field(
+        description=f"what to search: training knobs ({', '.join(TUNABLE)}) and the model "
+        "factory's keyword arguments as kwargs.<name>",
+    )
+    trials: int = Field(default=8, ge=1, description="trials in the study, counted over runs")
+    timeout_s: float = Field(
+        default=3600, gt=0, description="no new trial starts after this many seconds of a run"
+    )
+    pruner: Literal["hyperband", "median", "none"] = Field(
+        default="hyperband", description="how unpromising trials are stopped, epoch by epoch"
+    )
+    heartbeat_s: int = Field(
+        default=10, ge=1, description="a running trial's heartbeat; two missed mark it failed"
+    )
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="configurations the study tries first, in order (e.g. today's settings, "
+        "so the best found is at least as good); parameters left out are sampled",
+    )
+
+    @model_validator(mode="after")
+    def known_names(self) -> "TuningSettings":
+        if not self.space:
+            raise ValueError("the search space is empty: name at least one parameter")
+        unknown = [n for n in self.space if n not in TUNABLE and not kwarg_name(n)]
+        if unknown:
+            raise ValueError(
+                f"unknown search parameters {unknown}: use {', '.join(TUNABLE)} or kwargs.<name>"
+            )
+        outside = sorted({k for trial in self.enqueue for k in trial if k not in self.space})
+        if outside:
+            raise ValueError(f"enqueue names parameters outside the search space: {outside}")
+        for trial in self.enqueue:
+            for name, value in trial.items():
+                if not self.space[name].holds(value):
+                    raise ValueError(f"enqueue: {name}={value!r} is outside its search space")
+        return self
+
+
 class EvaluationSettings(BaseModel):
     """The rules a candidate must meet to be promoted."""
 
@@ -401,6 +495,7 @@ class Project(BaseModel):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     compression: CompressionSettings = Field(default_factory=CompressionSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    tuning: TuningSettings | None = None
 
     @property
     def model_ref(self) -> ModelRef:

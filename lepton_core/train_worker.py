@@ -179,6 +179,14 @@ class Trainer:
         self.best: dict[str, Any] = {"val_loss": float("inf"), "epoch": 0, "model": None}
         self.bad_epochs = 0
         self.resumed_from = 0
+        self.pruned = False
+        # A tuning trial's rank 0 reports every epoch's metric to the study (optuna imported
+        # only then).
+        self.reporter: Any = None
+        if job.get("trial") and self.is_root:
+            from lepton_core.tuning import EpochReporter
+
+            self.reporter = EpochReporter(job["trial"])
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -348,12 +356,25 @@ class Trainer:
             self.save_checkpoint()
             if commit is not None:
                 commit()
+            if self.prune(val_metric):
+                self.log(f"trial pruned after epoch {self.epoch}")
+                break
             if patience and self.bad_epochs >= patience:
                 self.log(
                     f"early stop: no val_loss gain for {patience} epochs; "
                     f"keeping epoch {self.best['epoch']}"
                 )
                 break
+
+    def prune(self, val_metric: float) -> bool:
+        """A tuning trial: whether the study's pruner stops it after this epoch (rank 0 asks,
+        every rank learns the answer)."""
+        if not self.job.get("trial"):
+            return False
+        stop = self.reporter.report(self.epoch, val_metric) if self.is_root else None
+        # Horovod: every rank stops at the same epoch.
+        self.pruned = bool(hvd.broadcast_object(stop, root_rank=0, name="prune"))
+        return self.pruned
 
     def finish(self) -> None:
         if self.best["model"] is not None:
@@ -374,6 +395,12 @@ class Trainer:
         prefix = job["output_prefix"]
         digest = save_model(self.store, prefix, self.model.cpu(), model_info)
         self.store.write_json(f"{prefix}/history.json", self.history)
+        if job.get("trial"):
+            best = next((h for h in self.history if h["epoch"] == self.best["epoch"]), None)
+            if best is None:
+                raise RuntimeError("no epoch had a finite validation loss: nothing to score")
+            outcome = {"pruned": self.pruned, "value": best[self.task.metric]}
+            self.store.write_json(f"{prefix}/trial.json", outcome)
         if self.pipes is None:
             return
         last = self.history[-1]

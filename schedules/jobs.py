@@ -1,7 +1,9 @@
 """Jobs: the two halves of the lifecycle, as schedules, sensors and the CLI launch them.
 
 The data half is partitioned by day and the model half is not, and a Dagster job runs assets
-of one partitioning, so the lifecycle is two jobs.
+of one partitioning, so the lifecycle is two jobs. The hyperparameter study (``tuned_config``,
+in the training group) is left out of the training job: it runs in ``tuning_job``, or first
+in ``tune_and_train_job``, and the training step uses its latest result either way.
 """
 
 import dagster as dg
@@ -20,10 +22,25 @@ monitoring_job = dg.define_asset_job(
     description="Measure a day of served traffic against the champion's training data.",
 )
 
+STUDY = dg.AssetSelection.assets("tuned_config")
+MODEL_HALF = dg.AssetSelection.groups("training", "compression", "evaluation")
+
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.groups("training", "compression", "evaluation"),
+    selection=MODEL_HALF - STUDY,
     description="Build the dataset, train with Horovod, compress, evaluate, promote.",
+)
+
+tuning_job = dg.define_asset_job(
+    "tuning_job",
+    selection=dg.AssetSelection.assets("training_dataset") | STUDY,
+    description="Build the dataset and run the project's hyperparameter study on it.",
+)
+
+tune_and_train_job = dg.define_asset_job(
+    "tune_and_train_job",
+    selection=MODEL_HALF,
+    description="The training job with the study first: train with the best configuration.",
 )
 
 

@@ -13,7 +13,17 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "training_job",
         "rollback_job",
         "monitoring_job",
+        "tuning_job",
+        "tune_and_train_job",
     }
+    selected = {
+        name: {
+            k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.selected_asset_keys
+        }
+        for name in ("training_job", "tuning_job", "tune_and_train_job")
+    }
+    assert selected["tuning_job"] == {"training_dataset", "tuned_config"}
+    assert selected["tune_and_train_job"] == selected["training_job"] | {"tuned_config"}
     sensor = defs.resolve_sensor_def("landing_sensor")
     assert sensor.job_name == "ingest_job" and sensor.minimum_interval_seconds == 30
     assert defs.resolve_sensor_def("retraining_sensor").job_name == "training_job"
@@ -28,6 +38,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "validated_batches": "validation",
         "training_dataset": "training",
         "trained_model": "training",
+        "tuned_config": "training",
         "compressed_model": "compression",
         "evaluation_report": "evaluation",
         "champion_model": "evaluation",
