@@ -8,9 +8,14 @@ import polars as pl
 
 from lepton_assets.configs import CompressionConfig, effective
 from lepton_assets.pointers import publish, upstream
-from lepton_assets.training import trained_model
-from lepton_core.compress import compress_model
+from lepton_assets.training import WORKER_MODULE, check_user_code, trained_model
+from lepton_core.compress import Unsupported, compress_model
+from lepton_core.distill import student_job
+from lepton_core.spec import CompressionSettings, Project
+from lepton_core.store import ArtifactStore
+from lepton_core.usercode import UserCodeError
 from resources.artifact_store import ArtifactStoreResource
+from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource
 from resources.project import ProjectResource
 
 
@@ -24,30 +29,66 @@ def markdown_table(frame: pl.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
+def train_student(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    source: str,
+    settings: CompressionSettings,
+    user: Project,
+    horovod: HorovodLauncherResource,
+) -> str | Unsupported | None:
+    """The distilled student's prefix, trained by a Horovod job as trained_model's is; the
+    reason as ``Unsupported`` when it cannot be built or its job fails; None when not asked."""
+    if not settings.distill_epochs:
+        return None
+    prefix = f"{source.replace('models/', 'students/', 1)}-{context.run.run_id[:8]}"
+    try:
+        job = student_job(store, source, settings, user.training, prefix)
+        check_user_code(job["model_info"])
+    except UserCodeError as exc:
+        return Unsupported(f"the student cannot be built: {exc}")
+    student = job["model_info"]
+    store.write_json(f"{prefix}/job.json", job)
+    context.log.info(f"distilling into {student['factory']} {student['kwargs']}")
+    args = ["--artifacts-uri", store.uri, "--job-key", f"{prefix}/job.json"]
+    try:
+        horovod.run_worker(context, module=WORKER_MODULE, args=args)
+    except HorovodJobError as exc:
+        return Unsupported(f"the student's training failed: {exc}")
+    return prefix
+
+
 @dg.asset(
     deps=[trained_model],
     group_name="compression",
     kinds={"torch"},
+    # The distilled student is a Horovod job: one at a time, as training.
+    pool="horovod_training",
 )
 def compressed_model(
     context: dg.AssetExecutionContext,
     config: CompressionConfig,  # pyright: ignore[reportInvalidTypeForm]
     artifacts: ArtifactStoreResource,
     project: ProjectResource,
+    horovod: HorovodLauncherResource,
 ) -> dg.MaterializeResult:
-    """The trained model, compressed: of fp32, fp16, bf16, pruned, structured and int8, the
-    variant smallest (or fastest) within the allowed loss of validation accuracy (or RMSE).
+    """The trained model, compressed: of fp32, fp16, bf16, pruned, structured, int8 and
+    distilled (a smaller student the model taught, trained by a Horovod job when
+    ``distill_epochs`` > 0), the variant smallest (or fastest) within the allowed loss of
+    validation accuracy (or RMSE).
 
     Every variant the model supports is saved and measured: size on disk (and gzipped: a
     sparse model's zeros compress), sparsity, parameter count, the validation metric, CPU
     latency p50/p95 at batch 1 and throughput at batch 256. Variants the model does not
     support are listed with the reason. The table and a Pareto plot are in the metadata.
     """
-    settings = effective(project.get_project().compression, config, "compressed_model")
+    user = project.get_project()
+    settings = effective(user.compression, config, "compressed_model")
     store = artifacts.get_store()
     pointer, consumed = upstream(store, context, "trained_model")
     source = pointer["prefix"]
-    result = compress_model(store, source, settings, context.log.info)
+    student = train_student(context, store, source, settings, user, horovod)
+    result = compress_model(store, source, settings, context.log.info, student)
     rows, chosen, name = result["rows"], result["chosen"], result["name"]
     publish(
         store,

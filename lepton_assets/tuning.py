@@ -53,6 +53,7 @@ def trial_runner(
     user: Project,
     dataset: dict[str, Any],
     horovod: HorovodLauncherResource,
+    secrets: dict[str, str],
 ) -> Callable[[optuna.Trial, dict[str, Any]], float]:
     """What runs one trial: its training job, launched as trained_model launches one."""
 
@@ -77,7 +78,7 @@ def trial_runner(
         store.write_json(f"{prefix}/job.json", job)
         args = ["--artifacts-uri", store.uri, "--job-key", f"{prefix}/job.json"]
         try:
-            horovod.run_worker(context, module=WORKER_MODULE, args=args)
+            horovod.run_worker(context, module=WORKER_MODULE, args=args, secrets=secrets)
         except HorovodJobError as exc:
             raise tuning.TrialFailed(str(exc)) from exc
         outcome = store.read_json(f"{prefix}/trial.json")
@@ -122,16 +123,19 @@ def tuned_config(
     name = f"{user.dataset.name}-{dataset['version']}"
     url = study_storage(context.instance)
     storage = tuning.storage(url, settings.heartbeat_s)
+    # The job files name the database; its password reaches the ranks in the environment.
+    public_url, password = tuning.without_password(url)
+    secrets = {tuning.PASSWORD_VAR: password} if password else {}
     epochs = tuning.max_epochs(settings, user.training)
     study = tuning.open_study(storage, name, task, settings, epochs)
     study_ref = {
-        "storage": url,
+        "storage": public_url,
         "study": name,
         "heartbeat_s": settings.heartbeat_s,
         "pruner": settings.pruner,
         "max_epochs": epochs,
     }
-    train = trial_runner(context, store, study_ref, user, dataset, horovod)
+    train = trial_runner(context, store, study_ref, user, dataset, horovod, secrets)
     tuning.run_study(
         study, storage, settings.heartbeat_s, settings.space, settings.trials,
         settings.timeout_s, train, context.log.info,

@@ -11,7 +11,9 @@ Variants, each saved as a loadable model under ``compressed/<model>/<variant>/``
   narrower by their factory's ``widths``);
 - ``int8``: torch.ao quantization, static (calibrated on the validation split) where the
   model's body has conv layers, takes float inputs and can be traced by torch.fx, else
-  dynamic for its Linear layers; see ``models.py`` for why this backend.
+  dynamic for its Linear layers; see ``models.py`` for why this backend;
+- ``distilled``: a smaller student the trained model taught (``distill.py``), trained by a
+  Horovod job before compression runs (``distill_epochs`` > 0).
 
 A variant that a model does not support is skipped with its reason, which the report shows.
 """
@@ -220,6 +222,7 @@ def variant_builders(
     val_inputs: Inputs,
     train: tuple[Inputs, torch.Tensor],
     loss_fn: Loss,
+    student: Callable[[], tuple[nn.Module, dict[str, Any]]] | None = None,
 ) -> Builders:
     """variant -> builder of (compressed model, extra model.json fields) from a fresh copy of
     the base. A builder raises ``Unsupported`` for a model it does not apply to.
@@ -249,6 +252,7 @@ def variant_builders(
         "pruned": pruned,
         "structured": structured,
         "int8": int8,
+        "distilled": student or trained_student(None, "", None),
     }
 
 
@@ -272,11 +276,31 @@ def choose_variant(rows: list[dict[str, Any]], settings: CompressionSettings) ->
     return min(candidates, key=lambda r: (r[key], r["variant"] != "fp32"))
 
 
+def trained_student(
+    store: ArtifactStore | None, source: str, student: str | Unsupported | None
+) -> Callable[[], tuple[nn.Module, dict[str, Any]]]:
+    """The builder of the distilled variant: the student trained at the prefix ``student``
+    (``Unsupported`` with the reason it could not be trained, None when none was asked)."""
+
+    def load() -> tuple[nn.Module, dict[str, Any]]:
+        if student is None:
+            raise Unsupported("distill_epochs is 0: no student was trained")
+        if isinstance(student, Unsupported):
+            raise student
+        assert store is not None
+        model, info = load_model(store, student)
+        own = {k: info.get(k) for k in ("factory", "kwargs", "code_path")}
+        return model, {**own, "teacher": source, "student": student}
+
+    return load
+
+
 def compress_model(
     store: ArtifactStore,
     source: str,
     settings: CompressionSettings,
     log: Callable[[str], None] = lambda _: None,
+    student: str | Unsupported | None = None,
 ) -> dict[str, Any]:
     """Build, save and measure every variant of the model at ``source``; choose one.
 
@@ -299,7 +323,10 @@ def compress_model(
     name = source.rsplit("/", 1)[-1]
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    builders = variant_builders(base, info, settings, val[0], train, loss_fn or task.default_loss)
+    builders = variant_builders(
+        base, info, settings, val[0], train, loss_fn or task.default_loss,
+        trained_student(store, source, student),
+    )  # fmt: skip
     for variant, build in builders.items():
         try:
             model, extra = build()

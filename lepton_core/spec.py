@@ -342,6 +342,39 @@ class CompressionSettings(BaseModel):
         description="what the chosen variant minimizes within the allowed loss: gzipped size "
         "on disk, or batch-1 p50 latency on CPU",
     )
+    distill_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="epochs of a Horovod job training the distilled variant: a student taught "
+        "by the trained model; 0 trains no student",
+    )
+    student_factory: str | None = Field(
+        default=None,
+        pattern=IMPORT_PATH,
+        description="the student's model factory; unset: the teacher's built-in mlp or cnn "
+        "(for another teacher the built-in network for the inputs), narrowed to at most "
+        "student_width of the teacher's parameters",
+    )
+    student_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of student_factory"
+    )
+    student_width: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="a built-in student's widths start at this share of the teacher's (or the "
+        "defaults) and halve until it has at most this share of the teacher's parameters",
+    )
+    distill_temperature: float = Field(
+        default=4.0, gt=0.0, description="softens teacher and student outputs (Hinton et al.)"
+    )
+    distill_weight: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="share of the student's loss from the teacher (softened outputs; for a "
+        "regression its predictions); the rest from the labels",
+    )
 
 
 # Training knobs a study may search; a model factory's keyword arguments are ``kwargs.<name>``.

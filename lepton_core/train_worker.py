@@ -38,7 +38,8 @@ from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dags
 from torch import nn
 
 from lepton_core.data import read_dataset_info, target_scaling
-from lepton_core.models import build_model, save_model, torch_bytes
+from lepton_core.distill import DistillationLoss
+from lepton_core.models import build_model, load_model, save_model, torch_bytes
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import Batch, ShardStream, device_batches
 from lepton_core.tasks import Loss, Task, significant, task_of
@@ -187,6 +188,25 @@ class Trainer:
             from lepton_core.tuning import EpochReporter
 
             self.reporter = EpochReporter(job["trial"])
+        # A distilled student learns from a trained teacher's outputs too (distill.py).
+        self.teacher: nn.Module | None = None
+        if job.get("distill"):
+            self.teacher, self.distill_loss = self.load_teacher(job["distill"])
+
+    def load_teacher(self, distill: dict[str, Any]) -> tuple[nn.Module, DistillationLoss]:
+        teacher = load_model(self.store, distill["teacher"])[0].to(self.device).eval()
+        teacher.requires_grad_(False)
+        loss = DistillationLoss(self.task, self.loss_fn, distill["temperature"], distill["weight"])
+        return teacher, loss
+
+    def step_loss(self, x: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """The batch's training loss: the task's, or for a student the distillation loss."""
+        outputs = self.model(*x).float()
+        if self.teacher is None:
+            return self.loss_fn(outputs, y)
+        with torch.no_grad():
+            taught = self.teacher(*x).float()
+        return self.distill_loss(outputs, y, taught)
 
     # -- checkpoints -------------------------------------------------------------------
     @property
@@ -289,7 +309,7 @@ class Trainer:
                 )
             self.optimizer.zero_grad()
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                loss = self.loss_fn(self.model(*x).float(), y)
+                loss = self.step_loss(x, y)
             self.scaler.scale(loss).backward()
             # Horovod: finish the gradient allreduce before the scaler looks at gradients.
             self.optimizer.synchronize()

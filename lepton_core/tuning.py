@@ -13,6 +13,7 @@ Inside the job, rank 0 reports the metric after every epoch (``EpochReporter``) 
 """
 
 import json
+import os
 import threading
 import time
 import warnings
@@ -58,6 +59,16 @@ def quiet() -> Iterator[None]:
         yield
 
 
+PASSWORD_VAR = "LEPTON_STUDY_PASSWORD"
+
+
+def without_password(url: str) -> tuple[str, str | None]:
+    """(the database URL without its password, the password): what a job file may hold, and
+    what goes to the job's processes in the environment (``PASSWORD_VAR``) instead."""
+    parsed = sqlalchemy.engine.make_url(url)
+    return parsed.set(password=None).render_as_string(hide_password=False), parsed.password
+
+
 def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     """The study database; a running trial missing two heartbeats counts as dead.
 
@@ -65,6 +76,9 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     instance's database already has an ``alembic_version`` table (Dagster's), which Optuna
     would read as its own schema version and refuse."""
     engine_kwargs: dict[str, Any] = {}
+    password = os.environ.get(PASSWORD_VAR)
+    if password and sqlalchemy.engine.make_url(url).password is None:
+        url = sqlalchemy.engine.make_url(url).set(password=password).render_as_string(False)
     if url.startswith("postgresql"):
         engine = sqlalchemy.create_engine(url)
         with engine.begin() as connection:

@@ -279,9 +279,14 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         return {**env, **self.extra_env}
 
     def run_worker(
-        self, context: dg.AssetExecutionContext, module: str, args: list[str]
+        self,
+        context: dg.AssetExecutionContext,
+        module: str,
+        args: list[str],
+        secrets: dict[str, str] | None = None,
     ) -> dg.MaterializeResult:
         """Run ``module`` on every rank; returns the materialization rank 0 reported.
+        ``secrets``: environment variables the ranks need and no file may hold (never logged).
 
         Before it starts, ranks that an earlier attempt of the same run left behind are
         stopped and the work folders of dead launches removed, so a retry never trains beside
@@ -292,7 +297,7 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             context.log.warning(f"stopped {stopped} processes left by an earlier attempt")
         remove_stale_workdirs()
         try:
-            return self._launch(context, module, args)
+            return self._launch(context, module, args, secrets or {})
         except BaseException as exc:
             reason = ended_on_purpose(exc)
             if reason is None:
@@ -301,7 +306,11 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             raise dg.Failure(description=reason, allow_retries=False) from exc
 
     def _launch(
-        self, context: dg.AssetExecutionContext, module: str, args: list[str]
+        self,
+        context: dg.AssetExecutionContext,
+        module: str,
+        args: list[str],
+        secrets: dict[str, str],
     ) -> dg.MaterializeResult:
         with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
             workdir = Path(tmp)
@@ -316,6 +325,7 @@ class HorovodLauncherResource(dg.ConfigurableResource):
                     **os.environ,
                     **self.worker_env(),
                     **session.get_bootstrap_env_vars(),
+                    **secrets,
                     RUN_MARKER: context.run.run_id,
                 }
                 self._run(command, env, workdir, context)

@@ -51,7 +51,9 @@ def test_every_variant_saves_loads_and_predicts(tmp_path, arch: str):
     builders = variant_builders(
         base, info, settings, [features], ([features], labels), cross_entropy
     )
-    assert set(builders) == {"fp32", "fp16", "bf16", "pruned", "int8", "structured"}
+    assert set(builders) == {"fp32", "fp16", "bf16", "pruned", "int8", "structured", "distilled"}
+    with pytest.raises(Unsupported, match="distill_epochs is 0: no student was trained"):
+        builders.pop("distilled")()
     for variant, build in builders.items():
         model, extra = build()
         if variant == "structured":

@@ -72,9 +72,17 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
 
     # A second training run is judged against the champion on the same test split; with the
     # regression rules relaxed it is promoted, and a rollback restores the first champion.
+    # It also distills the trained model into a student (a Horovod job on two processes): the
+    # distilled variant is measured beside the others, in the report's table and plot.
     relaxed = {"min_accuracy": 0.5, "max_regression": 1.0, "max_class_regression": 1.0}
-    assert train_again(instance, {"seed": 1, "epochs": 8}, relaxed).success
+    assert train_again(instance, {"seed": 1, "epochs": 8}, relaxed, {"distill_epochs": 3}).success
     second = latest_evaluation(store)
+    folder = second["candidate_model"].rsplit("/", 1)[0]
+    variants = {r["variant"]: r for r in store.read_json(f"{folder}/variants.json")["built"]}
+    student, teacher = variants["distilled"], variants["fp32"]
+    assert student["parameters"] <= teacher["parameters"] / 4
+    assert student["val_accuracy"] >= 0.8  # 3 epochs of a student a 16th of the size
+    assert "| distilled" in store.read_text(latest_report(store) + "/report.md")
     assert second["champion_model"] == champion["model_prefix"]
     assert second["champion"]["accuracy"] == evaluation["candidate"]["accuracy"]
     assert second["blessed"] and champion_prefix(store) == second["candidate_model"]
@@ -139,14 +147,16 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
 
 
 def train_again(
-    instance: dg.DagsterInstance, training: dict, evaluation: dict
+    instance: dg.DagsterInstance, training: dict, evaluation: dict, compression: dict | None = None
 ) -> dg.ExecuteInProcessResult:
-    """training_job once more, with these TrainingConfig and EvaluationConfig values."""
+    """training_job once more, with these TrainingConfig, EvaluationConfig (and
+    CompressionConfig) values."""
     return defs.resolve_job_def("training_job").execute_in_process(
         instance=instance,
         run_config={
             "ops": {
                 "trained_model": {"config": training},
+                "compressed_model": {"config": compression or {}},
                 "evaluation_report": {"config": evaluation},
             }
         },
