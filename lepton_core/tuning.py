@@ -66,7 +66,11 @@ def without_password(url: str) -> tuple[str, str | None]:
     """(the database URL without its password, the password): what a job file may hold, and
     what goes to the job's processes in the environment (``PASSWORD_VAR``) instead."""
     parsed = sqlalchemy.engine.make_url(url)
-    return parsed.set(password=None).render_as_string(hide_password=False), parsed.password
+    bare = sqlalchemy.engine.URL.create(
+        parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database,
+        parsed.query,
+    )  # fmt: skip
+    return bare.render_as_string(hide_password=False), parsed.password
 
 
 def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
@@ -210,8 +214,12 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int, every_s: int) 
         thread.join()
 
 
-def finished(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
+def started(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that count against the budget: finished ones, and those running now (on
+    this or another machine); a trial whose driver died is failed first."""
+    with quiet():
+        optuna.storages.fail_stale_trials(study)
+    return study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
 
 
 def run_study(
@@ -224,13 +232,13 @@ def run_study(
     train: Callable[[optuna.Trial, dict[str, Any]], float],
     log: Callable[[str], None],
 ) -> None:
-    """Trials until ``budget`` have finished (over every run of the study) or ``timeout_s``
-    has passed; ``train`` returns the trial's metric or raises ``TrialPruned``; any other
-    error marks the trial failed and the study goes on."""
-    with quiet():
-        optuna.storages.fail_stale_trials(study)  # trials whose driver died mid-trial
+    """Trials until ``budget`` have started (over every run of the study, on every machine)
+    or ``timeout_s`` has passed. ``train`` returns the trial's metric, or raises
+    ``TrialPruned``, or ``TrialFailed`` (recorded with its message; the study goes on). Any
+    other error (the run was canceled) ends the study here; its trial, left running without
+    a heartbeat, is failed by the next run."""
     deadline = time.monotonic() + timeout_s
-    while len(finished(study)) < budget and time.monotonic() < deadline:
+    while len(started(study)) < budget and time.monotonic() < deadline:
         with quiet():
             trial = study.ask()
         params = suggest(trial, space)

@@ -195,6 +195,13 @@ def test_a_study_is_stored_in_the_instances_postgresql(
         assert not (home / "storage" / "optuna.db").exists()
         assert count(db, "SELECT count(*) FROM optuna.trials") == 2
         assert count(db, "SELECT count(*) FROM runs") == 1  # Dagster's, beside it
+    # The instance's URL has a password ("unused": trust authentication); the job files name
+    # the database without it, and the ranks got it from their environment.
+    assert ":unused@" in url
+    name = artifacts.read_json(current_key("tuned_config"))["study"]
+    job_text = artifacts.read_text(f"tuning/{name}/trial-0/job.json")
+    assert "unused" not in job_text
+    assert json.loads(job_text)["trial"]["storage"] == url.replace(":unused@", "@")
     assert json.loads(json.dumps(trials[0].params)) == {"epochs": 1}
 
 
