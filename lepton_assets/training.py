@@ -91,11 +91,17 @@ def model_description(project: Project, dataset: dict[str, Any]) -> dict[str, An
     }
 
 
-def tuned_project(store: ArtifactStore, user: Project) -> tuple[Project, dict[str, Any] | None]:
-    """The project with the latest study's best configuration in place (a run config value
-    still wins over it), and that configuration; the project as it is when none was tuned.
-    A study's result is kept for later datasets: hyperparameters outlive a day's data."""
-    if user.tuning is None or not store.exists(current_key("tuned_config")):
+def tuned_project(
+    store: ArtifactStore, user: Project, config: dg.Config
+) -> tuple[Project, dict[str, Any] | None]:
+    """The project with the latest study's best configuration in place, and that
+    configuration; the project as it is when none was tuned or ``use_tuned`` is off (in the
+    run config or the project). A run config value still wins over a tuned one. A study's
+    result is kept for later datasets: hyperparameters outlive a day's data."""
+    use = getattr(config, "use_tuned", None)
+    if not (user.training.use_tuned if use is None else use):
+        return user, None
+    if not store.exists(current_key("tuned_config")):
         return user, None
     tuned = store.read_json(current_key("tuned_config"))
     training, model = apply(tuned["params"], user.training, user.model_ref)
@@ -139,7 +145,7 @@ def trained_model(
     store = artifacts.get_store()
     pointer, consumed = upstream(store, context, "training_dataset")
     version = pointer["version"]
-    user, tuned = tuned_project(store, project.get_project())
+    user, tuned = tuned_project(store, project.get_project(), config)
     if tuned:
         context.log.info(
             f"the tuned configuration of study {tuned['study']} (trial {tuned['trial']}, "

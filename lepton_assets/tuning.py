@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 import optuna
+from pydantic import Field, ValidationError
 
 from lepton_assets.pointers import publish, upstream
 from lepton_assets.training import WORKER_MODULE, check_user_code, model_description
@@ -37,13 +38,40 @@ def study_storage(instance: dg.DagsterInstance) -> str:
     return f"sqlite:///{Path(instance.storage_directory()) / 'optuna.db'}"
 
 
-def tuning_settings(user: Project) -> TuningSettings:
-    if user.tuning is None:
+class TuningConfig(dg.Config):
+    """The study in the Launchpad: each field set here replaces the project's ``tuning:``
+    value (``space`` whole); the settings model checks them."""
+
+    space: dict[str, Any] | None = Field(
+        default=None, description="parameter -> {low, high, log, step} or {choices}"
+    )
+    trials: int | None = None
+    timeout_s: float | None = None
+    pruner: str | None = Field(default=None, description="hyperband | median | none")
+    heartbeat_s: int | None = None
+    enqueue: list[dict[str, Any]] | None = None
+
+
+def tuning_settings(user: Project, config: TuningConfig) -> TuningSettings:
+    """The project's ``tuning:`` with the run config's values in place; a clear failure,
+    naming each field, when the result is not a valid study (or there is none)."""
+    values = {
+        **(user.tuning.model_dump() if user.tuning else {}),
+        **config.model_dump(exclude_none=True),
+    }
+    if "space" not in values:
         raise dg.Failure(
-            description="the project has no tuning: section (a search space) to run a study on",
+            description="no search space: give the project a tuning: section or the run "
+            "config a space",
             allow_retries=False,
         )
-    return user.tuning
+    try:
+        return TuningSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'tuning'}: {e['msg']}" for e in exc.errors()]
+        raise dg.Failure(
+            description=f"invalid tuning settings: {'; '.join(problems)}", allow_retries=False
+        ) from exc
 
 
 def trial_runner(
@@ -97,6 +125,7 @@ def trial_runner(
 )
 def tuned_config(
     context: dg.AssetExecutionContext,
+    config: TuningConfig,
     artifacts: ArtifactStoreResource,
     project: ProjectResource,
     horovod: HorovodLauncherResource,
@@ -111,7 +140,7 @@ def tuned_config(
     """
     store = artifacts.get_store()
     user = project.get_project()
-    settings = tuning_settings(user)
+    settings = tuning_settings(user, config)
     problems = tuning.check_space(settings.space, user.training)
     if problems:
         raise dg.Failure(

@@ -304,6 +304,11 @@ class TrainingSettings(BaseModel):
         "process does); unset: 0 on CPU, on CUDA the rank's share of the cores less one, at "
         "most 4. The batches are the same for any number",
     )
+    use_tuned: bool = Field(
+        default=True,
+        description="train with the best configuration of the latest tuning study, where one "
+        "exists (a value set in the run config still wins)",
+    )
     seed: int = Field(default=0, description="seed of initialization and shuffling")
 
 

@@ -174,6 +174,37 @@ def test_a_study_runs_trials_as_horovod_jobs_and_resumes_after_a_crash(
     assert info["kwargs"] == {"widths": tuned["params"]["kwargs.widths"], "crash": False}
     history = artifacts.read_json(prefix.replace("model.json", "history.json"))
     assert len(history) == tuned["params"]["epochs"]
+    # With use_tuned off the project's own configuration trains, and says so.
+    untuned = {"ops": {"trained_model": {"config": {"use_tuned": False, "epochs": 1}}}}
+    assert dg.materialize(
+        [trained_model], resources=resources, instance=instance, run_config=untuned
+    ).success
+    (newest,) = [p for p in artifacts.files("models") if p.endswith("model.json") and p != prefix]
+    assert artifacts.read_json(newest)["tuned"] is None
+    assert artifacts.read_json(newest)["kwargs"] == {}
+
+
+def test_the_run_config_can_give_the_space_and_a_bad_one_fails_before_any_trial(
+    lepton_home: Path, dataset_version: str, instance
+):
+    no_space = dg.materialize(
+        [tuned_config], resources=resources, instance=instance, raise_on_error=False
+    )
+    assert not no_space.success
+    assert "no search space: give the project a tuning: section" in failure(no_space)
+    bad = {"ops": {"tuned_config": {"config": {"space": {"epochs": {"low": 3, "high": 2}}}}}}
+    result = dg.materialize(
+        [tuned_config], resources=resources, instance=instance, run_config=bad,
+        raise_on_error=False,
+    )  # fmt: skip
+    assert "invalid tuning settings: space.epochs: Value error, low (3) must be below high (2)" in (
+        failure(result)
+    )
+
+
+def failure(result: dg.ExecuteInProcessResult) -> str:
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return str(event.step_failure_data.error)
 
 
 @pytest.mark.integration
