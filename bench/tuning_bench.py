@@ -14,7 +14,8 @@ cost epochs, not launches.
    trained again as ``trained_model`` would. Printed: test accuracy of each.
 2. Pruning: the same study without pruning (same sampler seed, so the same first
    configurations). Printed: the trial-epochs each spent until its best-so-far first reached
-   the unpruned study's best validation score (goal: pruned at most half).
+   the unpruned study's best validation score, and the best score both reached (the worse of
+   the two bests) (goal: pruned at most half); and each study's total.
 3. Distillation, over ``--seeds`` seeds: the teacher (the default configuration), the
    student alone (the default student: the teacher's network at a quarter of its widths,
    trained on the labels only), and the distilled student (the same network taught by the
@@ -156,6 +157,8 @@ def tune(runs: Runs, url: str, space: dict, trials: int) -> dict[str, Any]:
     training, model = tuning.apply(best, default, runs.project.model_ref)
     tuned_prefix = runs.train(runs.job(runs.project.model_copy(update={"model": model}), training))
     target = plain.best_value
+    # The best score both studies reached: the worse of their two bests.
+    common = min(target, pruned.best_value) if higher else max(target, pruned.best_value)
     return {
         "budget_trial_epochs": budget,
         "default_test": round(runs.test_metric(default_prefix), 4),
@@ -166,6 +169,9 @@ def tune(runs: Runs, url: str, space: dict, trials: int) -> dict[str, Any]:
         "best_val_unpruned": target,
         "epochs_to_unpruned_best_pruned": epochs_to_reach(pruned, target, higher),
         "epochs_to_unpruned_best_unpruned": epochs_to_reach(plain, target, higher),
+        "common_best": common,
+        "epochs_to_common_best_pruned": epochs_to_reach(pruned, common, higher),
+        "epochs_to_common_best_unpruned": epochs_to_reach(plain, common, higher),
         "epochs_total_pruned": budget,
         "epochs_total_unpruned": sum(len(t.intermediate_values) for t in plain.get_trials()),
     }

@@ -14,6 +14,10 @@ project's ``loss`` or the task's default.
 Rank 0 alone opens the Dagster Pipes channel: it streams per-epoch metrics to the Dagster
 log, writes a checkpoint every epoch, saves the model and reports the materialization.
 
+A job may also be a tuning trial (``trial``: rank 0 reports each epoch's validation metric to
+the study and every rank stops where its pruner says, ``tuning.py``) or a distilled student
+(``distill``: the loss mixes a trained teacher's outputs with the labels, ``distill.py``).
+
 A job that finds a checkpoint under its ``checkpoint_prefix`` (same dataset version, same
 Dagster run or re-execution of it) resumes after the checkpoint's epoch instead of starting
 over. Under elastic Horovod (``horovodrun --min-np/--max-np``) the same loop runs inside

@@ -5,8 +5,9 @@ the embedded default), so trials run from several machines share it and a study 
 process that drove it. ``run_study`` asks for a trial, hands its parameters to ``train`` (a
 Horovod job launched by the caller) and tells the study how it ended: the validation metric,
 pruned, or failed. While a trial runs its driver beats a heartbeat; a trial whose driver died
-is marked failed at the next run's start, once two beats were missed. Trials already finished
-count against the budget, so a rerun goes on where the last one stopped.
+is marked failed before any driver starts another trial, once two beats were missed. Trials
+finished or running count against the budget, so a rerun goes on where the last one stopped
+and drivers on two machines share one budget.
 
 Inside the job, rank 0 reports the metric after every epoch (``EpochReporter``) and the pruner
 (Hyperband's successive halving, or the median rule) says whether to stop the trial there.
