@@ -41,7 +41,8 @@ def train_student(
     reason as ``Unsupported`` when it cannot be built or its job fails; None when not asked."""
     if not settings.distill_epochs:
         return None
-    prefix = f"{source.replace('models/', 'students/', 1)}-{context.run.run_id[:8]}"
+    # Beside the variants, so retention keeps or drops it with its model generation.
+    prefix = f"compressed/{source.rsplit('/', 1)[-1]}/student-{context.run.run_id[:8]}"
     try:
         job = student_job(store, source, settings, user.training, prefix)
         check_user_code(job["model_info"])

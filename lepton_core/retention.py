@@ -15,9 +15,10 @@ Kinds of entries: a dataset version (``datasets/<version>/``); a model generatio
 training run's model with its compressed variants and report (``models/<g>/``,
 ``compressed/<g>/``, ``reports/<g>/``, where ``<g>`` is ``<dataset version>-<run>``); a
 checkpoint lineage (``checkpoints/<version>/<run>/``); a run's job file (``runs/<run>/``);
-a day's split shard (``shards/<day>-<digest>/``). A kept model generation keeps its dataset
-version, and a kept dataset version the shards it lists; a shard is kept for no other
-reason. ``lepton gc --dry-run`` lists the plan.
+a tuning study's trials (``tuning/<study>/``; the study itself is in the Dagster instance's
+database); a day's split shard (``shards/<day>-<digest>/``). A kept model generation keeps
+its dataset version, and a kept dataset version the shards it lists; a shard is kept for no
+other reason. ``lepton gc --dry-run`` lists the plan.
 """
 
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ KINDS = {
     "checkpoint": (("checkpoints",), 2),
     "run": (("runs",), 1),
     "shard": (("shards",), 1),
+    "study": (("tuning",), 1),
 }
-RECENT_KINDS = ("dataset", "generation", "checkpoint", "run")  # keep_last applies to these
+# keep_last applies to these
+RECENT_KINDS = ("dataset", "generation", "checkpoint", "run", "study")
 
 
 @dataclass
@@ -97,6 +100,8 @@ def referenced(store: ArtifactStore) -> set[tuple[str, str]]:
         pointer = store.read_json(key)
         if "version" in pointer:
             refs.add(("dataset", pointer["version"]))
+        if "study" in pointer:
+            refs.add(("study", pointer["study"]))
         for value in pointer.values():
             generation = generation_of(value) if isinstance(value, str) else None
             if generation:

@@ -32,6 +32,7 @@ def fill(store: ArtifactStore, root: Path) -> None:
             f"reports/{generation}/int8/report.html",
             f"checkpoints/{version}/run{version[1]}/latest.pt",
             f"runs/run{version[1]}/train_job.json",
+            f"tuning/digits-{version}/trial-0/job.json",
         ]
         for key in keys:
             store.write_bytes(key, b"x" * 10)
@@ -52,6 +53,8 @@ def fill(store: ArtifactStore, root: Path) -> None:
         )
     store.write_json("current/training_dataset.json", {"version": "v5"})
     store.write_json("current/trained_model.json", {"prefix": "models/v5-run5"})
+    # The configuration trained with came from the oldest study.
+    store.write_json("current/tuned_config.json", {"study": "digits-v1", "trial": 0})
 
 
 def test_the_plan_keeps_the_newest_and_everything_named(
@@ -73,6 +76,8 @@ def test_the_plan_keeps_the_newest_and_everything_named(
         ("run", "run3"),
         ("shard", "d2-x"),
         ("shard", "d3-x"),
+        ("study", "digits-v2"),
+        ("study", "digits-v3"),
     ]
     generation = next(e for e in plan.delete if e.name == "v2-run2")
     assert sorted(generation.files) == [
@@ -82,9 +87,9 @@ def test_the_plan_keeps_the_newest_and_everything_named(
         "reports/v2-run2/int8/report.html",
     ]
     # 2 datasets (dataset.json and a file), 2 generations of 4 files, 3 checkpoints, 3 job
-    # files, 2 shards; 10 bytes a file
+    # files, 2 shards, 2 studies' trial files; 10 bytes a file
     info_bytes = artifacts.files("datasets/v2")["datasets/v2/dataset.json"][0]
-    assert plan.freed_bytes == 2 * info_bytes + 10 * (2 + 2 * 4 + 3 + 3 + 2)
+    assert plan.freed_bytes == 2 * info_bytes + 10 * (2 + 2 * 4 + 3 + 3 + 2 + 2)
 
 
 def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
@@ -96,7 +101,7 @@ def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
     assert main(["gc", "--keep-last", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would remove generation v2-run2 (4 files, 40 bytes)" in out
-    assert "gc: 12 entries, 298 bytes to free (dry run: nothing removed); 14 kept" in out
+    assert "gc: 14 entries, 318 bytes to free (dry run: nothing removed); 17 kept" in out
     assert sorted(p for p in root.rglob("*") if p.is_file()) == before
     assert main(["gc", "--keep-last", "2"]) == 0
     assert not artifacts.exists("models/v2-run2/model.pt")
@@ -107,6 +112,9 @@ def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
     # Day 0's shard is in every kept version; day 2's only in the removed v2.
     assert artifacts.exists("shards/d0-x/train.parquet")
     assert not artifacts.exists("shards/d2-x/train.parquet")
+    # The study current/tuned_config.json names stays however old; older ones go.
+    assert artifacts.exists("tuning/digits-v1/trial-0/job.json")
+    assert not artifacts.exists("tuning/digits-v2/trial-0/job.json")
     assert main(["gc", "--keep-last", "2"]) == 0
     assert "gc: 0 entries, 0 bytes freed" in capsys.readouterr().out.splitlines()[-1]
 
