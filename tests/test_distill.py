@@ -3,12 +3,16 @@ Horovod worker from a trained teacher, against the same student trained alone.""
 
 import math
 
+import dagster as dg
 import horovod.torch as hvd
 import pytest
 import torch
 
+from lepton_assets.compression import compressed_model
+from lepton_assets.definitions import resources
 from lepton_core.compress import parameter_count
 from lepton_core.distill import DistillationLoss, student_job, student_ref
+from lepton_core.keys import current_key
 from lepton_core.models import load_model
 from lepton_core.spec import CompressionSettings, TrainingSettings
 from lepton_core.store import ArtifactStore
@@ -81,3 +85,25 @@ def test_a_student_trained_by_the_worker_learns_from_its_teacher(
     assert parameter_count(taught) < parameter_count(teacher) / 10
     history = artifacts.read_json("students/test/history.json")
     assert len(history) == 4 and history[-1]["val_accuracy"] > 0.9
+
+
+def test_a_student_that_cannot_be_built_is_skipped_with_its_reason(
+    artifacts: ArtifactStore, dataset_version: str, instance
+):
+    train(artifacts, job(artifacts, dataset_version, arch="mlp", epochs=1), None)
+    artifacts.write_json(current_key("trained_model"), {"prefix": "models/test"})
+    settings = {
+        "distill_epochs": 1,
+        "student_factory": "no_such_module:build",
+        "finetune_epochs": 0,
+    }
+    config = {"ops": {"compressed_model": {"config": settings}}}
+    result = dg.materialize(
+        [compressed_model], resources=resources, instance=instance, run_config=config
+    )
+    assert result.success
+    variants = artifacts.read_json("compressed/test/variants.json")
+    reasons = {s["variant"]: s["reason"] for s in variants["skipped"]}
+    assert reasons["distilled"].startswith("the student cannot be built: ")
+    assert "no_such" in reasons["distilled"]
+    assert "distilled" not in {r["variant"] for r in variants["built"]}
