@@ -46,7 +46,7 @@ from lepton_assets.demo import digits_day
 from lepton_core.data import build_dataset, dataset_description, read_dataset_info
 from lepton_core.images import IMAGE_PIXELS
 from lepton_core.models import build_model
-from lepton_core.spec import DIGITS_SPEC, DatasetSpec, ImageSpec, TrainingSettings
+from lepton_core.spec import DIGITS_SPEC, DatasetSpec, ImageSpec, TrainingSettings, worker_job
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import Batch, ShardStream, device_batches
 
@@ -129,14 +129,7 @@ def worker_run(store: ArtifactStore, info: dict[str, Any], arch: str, amp: str) 
     settings = TrainingSettings.model_validate(
         {"epochs": EPOCHS, "batch_size": BATCH, "patience": 0, "amp": amp}
     )
-    job = {
-        **settings.model_dump(),
-        "model_info": description(info, arch),
-        "loss": None,
-        "dataset_version": info["version"],
-        "output_prefix": prefix,
-        "checkpoint_prefix": f"{prefix}/checkpoints",
-    }
+    job = worker_job(settings, description(info, arch), prefix)
     store.write_json(f"{prefix}/job.json", job)
     worker = ["-m", "lepton_core.train_worker", "--artifacts-uri", store.uri]
     horovodrun = str(Path(sys.executable).parent / "horovodrun")

@@ -38,7 +38,7 @@ from lepton_assets.demo import digits_day
 from lepton_assets.training import WORKER_MODULE, model_description
 from lepton_core.data import DatasetInfo, build_dataset, load_tensors, read_dataset_info
 from lepton_core.models import build_model, resnet
-from lepton_core.spec import DIGITS_SPEC, ModelRef, Project, TrainingSettings
+from lepton_core.spec import DIGITS_SPEC, ModelRef, Project, TrainingSettings, worker_job
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodLauncherResource
 
@@ -117,16 +117,8 @@ def train_job(
     # A fresh prefix per run: a reused one would resume from the last run's checkpoint and
     # report that run's history.
     prefix = f"bench/run{next(RUNS)}-np{processes}-{model.factory.replace(':', '.')}"
-    job = {
-        **config.model_dump(),
-        "model_info": description(store, version, model, code_path),
-        "loss": None,
-        "epochs": epochs,
-        "patience": 0,
-        "dataset_version": version,
-        "output_prefix": prefix,
-        "checkpoint_prefix": f"{prefix}/checkpoints",
-    }
+    settings = config.model_copy(update={"epochs": epochs, "patience": 0})
+    job = worker_job(settings, description(store, version, model, code_path), prefix)
     store.write_json(f"{prefix}/job.json", job)
     extra = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     launcher = HorovodLauncherResource(num_processes=processes, extra_env=extra)

@@ -49,6 +49,7 @@ from lepton_core.spec import (
     Project,
     TrainingSettings,
     TuningSettings,
+    worker_job,
 )
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import task_of
@@ -95,15 +96,7 @@ class Runs:
     def job(self, project: Project, settings: TrainingSettings, **extra: Any) -> dict[str, Any]:
         self.count += 1
         prefix = f"bench/{project.dataset.name}/run{self.count}"
-        return {
-            **settings.model_dump(),
-            "model_info": model_description(project, self.info),
-            "loss": project.loss,
-            "dataset_version": self.info["version"],
-            "output_prefix": prefix,
-            "checkpoint_prefix": f"{prefix}/checkpoints",
-            **extra,
-        }
+        return worker_job(settings, model_description(project, self.info), prefix, **extra)
 
     def train(self, job: dict[str, Any]) -> str:
         train(self.store, job, None)

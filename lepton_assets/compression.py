@@ -8,7 +8,7 @@ import polars as pl
 
 from lepton_assets.configs import CompressionConfig, effective
 from lepton_assets.pointers import publish, upstream
-from lepton_assets.training import WORKER_MODULE, check_user_code, trained_model
+from lepton_assets.training import check_user_code, run_job, trained_model
 from lepton_core.compress import Unsupported, compress_model
 from lepton_core.distill import student_job
 from lepton_core.spec import CompressionSettings, Project
@@ -49,11 +49,9 @@ def train_student(
     except UserCodeError as exc:
         return Unsupported(f"the student cannot be built: {exc}")
     student = job["model_info"]
-    store.write_json(f"{prefix}/job.json", job)
     context.log.info(f"distilling into {student['factory']} {student['kwargs']}")
-    args = ["--artifacts-uri", store.uri, "--job-key", f"{prefix}/job.json"]
     try:
-        horovod.run_worker(context, module=WORKER_MODULE, args=args)
+        run_job(context, store, horovod, f"{prefix}/job.json", job)
     except HorovodJobError as exc:
         return Unsupported(f"the student's training failed: {exc}")
     return prefix

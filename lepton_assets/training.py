@@ -19,7 +19,7 @@ from lepton_core.data import (
 )
 from lepton_core.keys import current_key, dataset_prefix
 from lepton_core.models import build_model, check_outputs
-from lepton_core.spec import DatasetSpec, Project
+from lepton_core.spec import DatasetSpec, Project, worker_job
 from lepton_core.store import ArtifactStore
 from lepton_core.tuning import apply
 from lepton_core.usercode import UserCodeError, resolve
@@ -108,6 +108,21 @@ def tuned_project(
     return user.model_copy(update={"training": training, "model": model}), tuned
 
 
+def run_job(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    horovod: HorovodLauncherResource,
+    key: str,
+    job: dict[str, Any],
+    secrets: dict[str, str] | None = None,
+) -> dg.MaterializeResult:
+    """Write the worker's ``job`` at ``key`` and run it on every rank (training, a tuning
+    trial or a distilled student alike); what rank 0 reported."""
+    store.write_json(key, job)
+    args = ["--artifacts-uri", store.uri, "--job-key", key]
+    return horovod.run_worker(context, module=WORKER_MODULE, args=args, secrets=secrets)
+
+
 def check_user_code(info: dict[str, Any]) -> None:
     """Build the model and run a dummy batch (and the loss) before any Horovod process
     starts; errors name the factory or loss and the shapes."""
@@ -162,22 +177,9 @@ def trained_model(
     # Retries share the run id and re-executions the root run id: both resume.
     lineage = run.root_run_id or run.run_id
     prefix = f"models/{version}-{run.run_id[:8]}"
-    job = {
-        **settings.model_dump(),
-        "model_info": info,
-        "loss": user.loss,
-        "dataset_version": version,
-        "output_prefix": prefix,
-        "checkpoint_prefix": f"checkpoints/{version}/{lineage}",
-    }
-    job_key = f"runs/{run.run_id}/train_job.json"
-    store.write_json(job_key, job)
+    job = worker_job(settings, info, prefix, f"checkpoints/{version}/{lineage}")
     context.log.info(f"model factory {info['factory']} {info['kwargs']}; settings {settings}")
-    result = horovod.run_worker(
-        context,
-        module=WORKER_MODULE,
-        args=["--artifacts-uri", store.uri, "--job-key", job_key],
-    )
+    result = run_job(context, store, horovod, f"runs/{run.run_id}/train_job.json", job)
     publish(store, context, "trained_model", {"prefix": prefix})
     # The worker reports its metadata; which dataset it was given is the step's to add.
     return result._replace(

@@ -17,11 +17,11 @@ import optuna
 from pydantic import Field, ValidationError
 
 from lepton_assets.pointers import publish, upstream
-from lepton_assets.training import WORKER_MODULE, check_user_code, model_description
+from lepton_assets.training import check_user_code, model_description, run_job
 from lepton_core import tuning
 from lepton_core.data import read_dataset_info
 from lepton_core.plots import study_png
-from lepton_core.spec import Project, TuningSettings
+from lepton_core.spec import Project, TuningSettings, worker_job
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import Task, task_of
 from lepton_core.usercode import UserCodeError
@@ -93,20 +93,9 @@ def trial_runner(
         except UserCodeError as exc:
             raise tuning.TrialFailed(str(exc)) from exc
         prefix = f"tuning/{study_ref['study']}/trial-{trial.number}"
-        trial_ref = {**study_ref, "trial_id": trial._trial_id}
-        job = {
-            **settings.model_dump(),
-            "model_info": info,
-            "loss": user.loss,
-            "dataset_version": dataset["version"],
-            "output_prefix": prefix,
-            "checkpoint_prefix": f"{prefix}/checkpoints",
-            "trial": trial_ref,
-        }
-        store.write_json(f"{prefix}/job.json", job)
-        args = ["--artifacts-uri", store.uri, "--job-key", f"{prefix}/job.json"]
+        job = worker_job(settings, info, prefix, trial={**study_ref, "trial_id": trial._trial_id})
         try:
-            horovod.run_worker(context, module=WORKER_MODULE, args=args, secrets=secrets)
+            run_job(context, store, horovod, f"{prefix}/job.json", job, secrets)
         except HorovodJobError as exc:
             raise tuning.TrialFailed(str(exc)) from exc
         outcome = store.read_json(f"{prefix}/trial.json")

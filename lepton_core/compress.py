@@ -36,6 +36,7 @@ from lepton_core.models import (
     build_model,
     load_model,
     model_bytes,
+    parameter_count,
     predict_outputs,
     quantize_dynamic_int8,
     quantize_static_int8,
@@ -168,10 +169,6 @@ def weight_sparsity(model: nn.Module) -> float:
     weights = [m.weight.detach() for m in prunable(model)]
     total = sum(w.numel() for w in weights)
     return sum(int(torch.count_nonzero(w == 0)) for w in weights) / total if total else 0.0
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def latency_ms(model: nn.Module, batch: Inputs, repeats: int = 50) -> list[float]:

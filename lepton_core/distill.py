@@ -14,18 +14,23 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from lepton_core.models import BUILTIN, DEFAULT_WIDTHS, build_model, load_model
+from lepton_core.models import (
+    BUILTIN,
+    DEFAULT_WIDTHS,
+    build_model,
+    load_model,
+    parameter_count,
+)
 from lepton_core.spec import (
     CompressionSettings,
     DatasetSpec,
     ModelRef,
     TrainingSettings,
     default_factory,
+    worker_job,
 )
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import Loss, Task
-
-VARIANT = "distilled"
 
 
 def student_ref(
@@ -47,8 +52,8 @@ def student_ref(
         widths = [max(1, math.ceil(w * share)) for w in full]
         ref = ModelRef(factory=factory, kwargs={**kwargs, "widths": widths})
         built = build_model({**teacher, "factory": ref.factory, "kwargs": ref.kwargs})
-        size = sum(p.numel() for p in built.parameters())
-        if size <= settings.student_width * teacher_parameters or max(widths) == 1:
+        small = parameter_count(built) <= settings.student_width * teacher_parameters
+        if small or max(widths) == 1:
             return ref
         share /= 2
 
@@ -96,17 +101,14 @@ def student_job(
     """The worker job that trains the student: the project's training settings for
     ``distill_epochs`` epochs, the teacher and the loss's temperature and weight."""
     model, teacher = load_model(store, teacher_prefix)
-    parameters = sum(p.numel() for p in model.parameters())
-    return {
-        **training.model_copy(update={"epochs": settings.distill_epochs}).model_dump(),
-        "model_info": student_description(teacher, settings, parameters),
-        "loss": teacher.get("loss"),
-        "dataset_version": teacher["dataset_version"],
-        "output_prefix": prefix,
-        "checkpoint_prefix": f"{prefix}/checkpoints",
-        "distill": {
-            "teacher": teacher_prefix,
-            "temperature": settings.distill_temperature,
-            "weight": settings.distill_weight,
-        },
+    distill = {
+        "teacher": teacher_prefix,
+        "temperature": settings.distill_temperature,
+        "weight": settings.distill_weight,
     }
+    return worker_job(
+        training.model_copy(update={"epochs": settings.distill_epochs}),
+        student_description(teacher, settings, parameter_count(model)),
+        prefix,
+        distill=distill,
+    )

@@ -296,6 +296,10 @@ def model_bytes(model: nn.Module) -> bytes:
     return torch_bytes(model.state_dict())
 
 
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def save_model(store: ArtifactStore, prefix: str, model: nn.Module, info: dict[str, Any]) -> str:
     """Write ``<prefix>/model.pt`` and ``<prefix>/model.json``; returns the weights' sha256."""
     digest = store.write_bytes(f"{prefix}/model.pt", model_bytes(model))

@@ -312,6 +312,27 @@ class TrainingSettings(BaseModel):
     seed: int = Field(default=0, description="seed of initialization and shuffling")
 
 
+def worker_job(
+    settings: TrainingSettings,
+    model_info: dict[str, Any],
+    output_prefix: str,
+    checkpoint_prefix: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The job ``train_worker`` reads: the run's settings, the model's description (which
+    names its dataset version and loss), where the model goes and where its checkpoints go
+    (beside it unless given); ``extra``: a tuning ``trial`` or a ``distill`` section."""
+    return {
+        **settings.model_dump(),
+        "model_info": model_info,
+        "loss": model_info.get("loss"),
+        "dataset_version": model_info["dataset_version"],
+        "output_prefix": output_prefix,
+        "checkpoint_prefix": checkpoint_prefix or f"{output_prefix}/checkpoints",
+        **extra,
+    }
+
+
 class CompressionSettings(BaseModel):
     """How much to compress and how to choose the variant."""
 
