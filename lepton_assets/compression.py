@@ -19,13 +19,15 @@ from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource
 from resources.project import ProjectResource
 
 
+def markdown_cell(value: object) -> str:
+    """A value as one table cell: a pipe escaped, a line break made a space."""
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(frame: pl.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = [
-        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
-        for row in frame.iter_rows()
-    ]
+    body = ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in frame.iter_rows()]
     return "\n".join([header, rule, *body])
 
 

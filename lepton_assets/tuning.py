@@ -8,14 +8,17 @@ same data resumes it. The best configuration becomes the ``tuned_config`` pointe
 ``trained_model`` applies (under any run config value) and the evaluation report names.
 """
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import optuna
+import polars as pl
 from pydantic import Field, ValidationError
 
+from lepton_assets.compression import markdown_table
 from lepton_assets.pointers import publish, upstream
 from lepton_assets.training import check_user_code, model_description, run_job
 from lepton_core import tuning
@@ -161,6 +164,23 @@ def tuned_config(
     return report(context, store, study, settings, dataset["version"], task)
 
 
+def trials_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The trials as the UI's table shows them: values to 5 digits, the error's end."""
+    return pl.DataFrame(
+        [
+            {
+                "trial": r["trial"],
+                "state": r["state"],
+                "value": "" if r["value"] is None else f"{r['value']:.5g}",
+                "epochs": r["epochs"],
+                "parameters": ", ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items()),
+                "error": r["error"][-120:],
+            }
+            for r in rows
+        ]
+    )
+
+
 def report(
     context: dg.AssetExecutionContext,
     store: ArtifactStore,
@@ -193,7 +213,7 @@ def report(
             "best_trial": best.number,
             metric: best.value,
             "best_params": dg.MetadataValue.json(value["params"]),
-            "trials": dg.MetadataValue.md(tuning.trials_markdown(rows)),
+            "trials": dg.MetadataValue.md(markdown_table(trials_table(rows))),
             **{f"{s.lower()}_trials": states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
             "epochs_run": sum(r["epochs"] for r in rows),
             "study_plot": dg.MetadataValue.path(store.url(f"tuning/{name}/study.png")),

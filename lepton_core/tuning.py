@@ -287,19 +287,6 @@ def trial_rows(study: optuna.Study, space: dict[str, SearchParam]) -> list[dict[
     ]
 
 
-def trials_markdown(rows: list[dict[str, Any]]) -> str:
-    """The trials as a Markdown table (values from user code are text: the UI escapes it)."""
-    lines = ["| trial | state | value | epochs | parameters | error |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        params = ", ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
-        value = "" if r["value"] is None else f"{r['value']:.5g}"
-        error = r["error"][-120:].replace("|", "/").replace("\n", " ")
-        lines.append(
-            f"| {r['trial']} | {r['state']} | {value} | {r['epochs']} | {params} | {error} |"
-        )
-    return "\n".join(lines)
-
-
 class EpochReporter:
     """Rank 0's link to its trial: ``report`` the epoch's metric; True means stop (pruned)."""
 
