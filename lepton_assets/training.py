@@ -92,16 +92,13 @@ def model_description(project: Project, dataset: dict[str, Any]) -> dict[str, An
 
 
 def tuned_project(
-    store: ArtifactStore, user: Project, config: dg.Config
+    store: ArtifactStore, user: Project, use_tuned: bool
 ) -> tuple[Project, dict[str, Any] | None]:
     """The project with the latest study's best configuration in place, and that
-    configuration; the project as it is when none was tuned or ``use_tuned`` is off (in the
-    run config or the project). A run config value still wins over a tuned one. A study's
-    result is kept for later datasets: hyperparameters outlive a day's data."""
-    use = getattr(config, "use_tuned", None)
-    if not (user.training.use_tuned if use is None else use):
-        return user, None
-    if not store.exists(current_key("tuned_config")):
+    configuration; the project as it is when none was tuned or ``use_tuned`` is off. A run
+    config value still wins over a tuned one. A study's result is kept for later datasets:
+    hyperparameters outlive a day's data."""
+    if not use_tuned or not store.exists(current_key("tuned_config")):
         return user, None
     tuned = store.read_json(current_key("tuned_config"))
     training, model = apply(tuned["params"], user.training, user.model_ref)
@@ -160,7 +157,9 @@ def trained_model(
     store = artifacts.get_store()
     pointer, consumed = upstream(store, context, "training_dataset")
     version = pointer["version"]
-    user, tuned = tuned_project(store, project.get_project(), config)
+    user = project.get_project()
+    use_tuned = effective(user.training, config, "trained_model").use_tuned
+    user, tuned = tuned_project(store, user, use_tuned)
     if tuned:
         context.log.info(
             f"the tuned configuration of study {tuned['study']} (trial {tuned['trial']}, "

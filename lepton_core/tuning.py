@@ -81,9 +81,9 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     instance's database already has an ``alembic_version`` table (Dagster's), which Optuna
     would read as its own schema version and refuse."""
     engine_kwargs: dict[str, Any] = {}
-    password = os.environ.get(PASSWORD_VAR)
-    if password and sqlalchemy.engine.make_url(url).password is None:
-        url = sqlalchemy.engine.make_url(url).set(password=password).render_as_string(False)
+    parsed, password = sqlalchemy.engine.make_url(url), os.environ.get(PASSWORD_VAR)
+    if password and parsed.password is None:
+        url = parsed.set(password=password).render_as_string(hide_password=False)
     if url.startswith("postgresql"):
         engine = sqlalchemy.create_engine(url)
         with engine.begin() as connection:
@@ -127,10 +127,7 @@ def open_study(
     )
     if not study.get_trials(deepcopy=False):
         for params in settings.enqueue:
-            texts = {
-                k: json.dumps(v) if as_text(settings.space[k]) else v for k, v in params.items()
-            }
-            study.enqueue_trial(texts)
+            study.enqueue_trial({k: to_optuna(settings.space[k], v) for k, v in params.items()})
     return study
 
 
@@ -165,6 +162,16 @@ def as_text(param: SearchParam) -> bool:
     return not all(isinstance(c, str | int | float | bool) or c is None for c in choices)
 
 
+def to_optuna(param: SearchParam, value: Any) -> Any:
+    """A value as Optuna holds it (a list of widths as its JSON text)."""
+    return json.dumps(value) if as_text(param) else value
+
+
+def from_optuna(param: SearchParam, value: Any) -> Any:
+    """A value Optuna holds, as the user wrote it."""
+    return json.loads(str(value)) if as_text(param) else value
+
+
 def suggest(
     trial: optuna.Trial | optuna.trial.FixedTrial, space: dict[str, SearchParam]
 ) -> dict[str, Any]:
@@ -173,9 +180,8 @@ def suggest(
     params: dict[str, Any] = {}
     for name, p in space.items():
         if p.choices is not None:
-            texts = [json.dumps(c) for c in p.choices] if as_text(p) else p.choices
-            value = trial.suggest_categorical(name, texts)
-            params[name] = json.loads(str(value)) if as_text(p) else value
+            value = trial.suggest_categorical(name, [to_optuna(p, c) for c in p.choices])
+            params[name] = from_optuna(p, value)
         elif p.integer:
             assert isinstance(p.low, int) and isinstance(p.high, int)
             params[name] = trial.suggest_int(name, p.low, p.high, step=int(p.step or 1), log=p.log)
@@ -267,9 +273,7 @@ def best(study: optuna.Study) -> FrozenTrial | None:
 
 def params_of(trial: FrozenTrial, space: dict[str, SearchParam]) -> dict[str, Any]:
     """A finished trial's parameters as the user wrote them (JSON choices read back)."""
-    return {
-        k: json.loads(v) if k in space and as_text(space[k]) else v for k, v in trial.params.items()
-    }
+    return {k: from_optuna(space[k], v) if k in space else v for k, v in trial.params.items()}
 
 
 def trial_rows(study: optuna.Study, space: dict[str, SearchParam]) -> list[dict[str, Any]]:
