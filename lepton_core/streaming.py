@@ -25,6 +25,7 @@ memory; the training process only cuts them into batches. A chunk's rows and ord
 current one computes.
 """
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -77,12 +78,14 @@ class ShardStream:
         self.__setstate__(self.__dict__)
 
     def __getstate__(self) -> dict[str, Any]:
-        """What a worker process receives: an empty cache, no loader of its own."""
-        return {**self.__dict__, "cache": None, "loader": None}
+        """What a worker process receives: empty caches, no loader of its own."""
+        return {**self.__dict__, "cache": None, "pieces": None, "loader": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.cache = EncodedGroups(self.cache_bytes)
+        # An epoch's pieces are asked for by every chunk of it: planned once.
+        self.pieces = functools.lru_cache(maxsize=2)(self.plan)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -104,7 +107,7 @@ class ShardStream:
             np.random.default_rng([self.seed, epoch]).shuffle(order)
         return order
 
-    def pieces(self, epoch: int) -> list[Piece]:
+    def plan(self, epoch: int) -> list[Piece]:
         """The row-group slices that make up this rank's range, in the epoch's order."""
         start, stop = self.rank_range()
         found: list[Piece] = []
