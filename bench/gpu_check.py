@@ -43,10 +43,18 @@ import polars as pl
 import torch
 
 from lepton_assets.demo import digits_day
-from lepton_core.data import build_dataset, dataset_description, read_dataset_info
+from lepton_core.data import build_dataset, read_dataset_info
 from lepton_core.images import IMAGE_PIXELS
-from lepton_core.models import build_model
-from lepton_core.spec import DIGITS_SPEC, DatasetSpec, ImageSpec, TrainingSettings, worker_job
+from lepton_core.models import BUILTIN, build_model, model_description
+from lepton_core.spec import (
+    DIGITS_SPEC,
+    DatasetSpec,
+    ImageSpec,
+    ModelRef,
+    Project,
+    TrainingSettings,
+    worker_job,
+)
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import Batch, ShardStream, device_batches
 
@@ -88,13 +96,11 @@ def build(store: ArtifactStore, spec: DatasetSpec, frame: pl.DataFrame) -> dict[
 
 
 def description(info: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The built-in ``arch`` on this dataset, described as trained_model describes a model."""
     spec = DatasetSpec.model_validate(info["spec"])
-    return {
-        "factory": f"lepton_core.models:{arch}", "kwargs": {}, "code_path": None, "loss": None,
-        "dataset_version": info["version"], "spec": info["spec"],
-        "dataset_info": dataset_description(spec, info["preprocessing"]).model_dump(),
-        "preprocessing": info["preprocessing"],
-    }  # fmt: skip
+    return model_description(
+        Project(dataset=spec, model=ModelRef(factory=f"{BUILTIN}{arch}")), info
+    )
 
 
 class Utilisation:

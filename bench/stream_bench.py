@@ -38,10 +38,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from lepton_core.data import build_dataset, dataset_description, load_tensors, read_dataset_info
+from lepton_core.data import build_dataset, load_tensors, read_dataset_info
 from lepton_core.images import IMAGE_PIXELS
-from lepton_core.models import build_model
-from lepton_core.spec import DatasetSpec, ImageSpec
+from lepton_core.models import BUILTIN, build_model, model_description
+from lepton_core.spec import DatasetSpec, ImageSpec, ModelRef, Project
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import ShardStream
 
@@ -147,11 +147,9 @@ def epoch_cost(uri: str, version: str, arch: str) -> dict[str, float]:
     store = ArtifactStore(uri)
     info = read_dataset_info(store, version)
     spec = DatasetSpec.model_validate(info["spec"])
-    description = {
-        "factory": f"lepton_core.models:{arch}", "kwargs": {}, "code_path": None,
-        "dataset_info": dataset_description(spec, info["preprocessing"]).model_dump(),
-        "preprocessing": info["preprocessing"],
-    }  # fmt: skip
+    description = model_description(
+        Project(dataset=spec, model=ModelRef(factory=f"{BUILTIN}{arch}")), info
+    )
     inputs, target = load_tensors(store, version, "train")
     order = torch.randperm(len(target), generator=torch.Generator().manual_seed(0))
     preloaded = [

@@ -35,9 +35,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lepton_assets.demo import digits_day
-from lepton_assets.training import WORKER_MODULE, model_description
+from lepton_assets.training import WORKER_MODULE
 from lepton_core.data import DatasetInfo, build_dataset, load_tensors, read_dataset_info
-from lepton_core.models import build_model, resnet
+from lepton_core.models import build_model, model_description, resnet
 from lepton_core.spec import DIGITS_SPEC, ModelRef, Project, TrainingSettings, worker_job
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodLauncherResource

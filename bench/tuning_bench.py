@@ -37,12 +37,11 @@ import horovod.torch as hvd
 import optuna
 
 from lepton_assets.demo import digits_frame
-from lepton_assets.training import model_description
 from lepton_core import tuning
 from lepton_core.compress import measure, metric, parameter_count
 from lepton_core.data import build_dataset, load_tensors, read_dataset_info, target_scaling
 from lepton_core.distill import student_job
-from lepton_core.models import load_model
+from lepton_core.models import load_model, model_description
 from lepton_core.spec import (
     DIGITS_PROJECT,
     CompressionSettings,

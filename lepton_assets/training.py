@@ -14,12 +14,11 @@ from lepton_assets.validation import validated_batches
 from lepton_core.data import (
     accepted_partitions,
     build_dataset,
-    dataset_description,
     read_dataset_info,
 )
 from lepton_core.keys import current_key, dataset_prefix
-from lepton_core.models import build_model, check_outputs
-from lepton_core.spec import DatasetSpec, Project, worker_job
+from lepton_core.models import build_model, check_outputs, model_description
+from lepton_core.spec import Project, worker_job
 from lepton_core.store import ArtifactStore
 from lepton_core.tuning import apply
 from lepton_core.usercode import UserCodeError, resolve
@@ -72,23 +71,6 @@ def training_dataset(
             "path": dg.MetadataValue.path(store.url(dataset_prefix(version))),
         }
     )
-
-
-def model_description(project: Project, dataset: dict[str, Any]) -> dict[str, Any]:
-    """What a saved model records to be rebuilt: factory, kwargs, code path, loss, the
-    dataset's description, spec and preprocessing."""
-    spec = DatasetSpec.model_validate(dataset["spec"])
-    ref = project.model_ref
-    return {
-        "factory": ref.factory,
-        "kwargs": ref.kwargs,
-        "code_path": project.code_path,
-        "loss": project.loss,
-        "dataset_version": dataset["version"],
-        "dataset_info": dataset_description(spec, dataset["preprocessing"]).model_dump(),
-        "spec": dataset["spec"],
-        "preprocessing": dataset["preprocessing"],
-    }
 
 
 def tuned_project(

@@ -20,9 +20,10 @@ from pydantic import Field, ValidationError
 
 from lepton_assets.compression import markdown_table
 from lepton_assets.pointers import publish, upstream
-from lepton_assets.training import check_user_code, model_description, run_job
+from lepton_assets.training import check_user_code, run_job
 from lepton_core import tuning
 from lepton_core.data import read_dataset_info
+from lepton_core.models import model_description
 from lepton_core.plots import study_png
 from lepton_core.spec import Project, TuningSettings, worker_job
 from lepton_core.store import ArtifactStore

@@ -26,8 +26,14 @@ import polars as pl
 import torch
 from torch import nn
 
-from lepton_core.data import DatasetInfo, dummy_inputs, encode_inputs, unscale_target
-from lepton_core.spec import DatasetSpec
+from lepton_core.data import (
+    DatasetInfo,
+    dataset_description,
+    dummy_inputs,
+    encode_inputs,
+    unscale_target,
+)
+from lepton_core.spec import DatasetSpec, Project
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import task_of
 from lepton_core.usercode import UserCodeError, resolve
@@ -192,6 +198,23 @@ def resnet(info: DatasetInfo) -> nn.Module:
         nn.Flatten(),
         nn.Linear(128, info.num_outputs),
     )
+
+
+def model_description(project: Project, dataset: dict[str, Any]) -> dict[str, Any]:
+    """What a saved model records to be rebuilt: factory, kwargs, code path, loss, the
+    dataset's description, spec and preprocessing."""
+    spec = DatasetSpec.model_validate(dataset["spec"])
+    ref = project.model_ref
+    return {
+        "factory": ref.factory,
+        "kwargs": ref.kwargs,
+        "code_path": project.code_path,
+        "loss": project.loss,
+        "dataset_version": dataset["version"],
+        "dataset_info": dataset_description(spec, dataset["preprocessing"]).model_dump(),
+        "spec": dataset["spec"],
+        "preprocessing": dataset["preprocessing"],
+    }
 
 
 # -- building and checking a model from its description -------------------------------------

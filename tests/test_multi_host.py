@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from lepton_assets.training import WORKER_MODULE, model_description
+from lepton_assets.training import WORKER_MODULE
 from lepton_core.data import read_dataset_info
+from lepton_core.models import model_description
 from lepton_core.spec import DIGITS_PROJECT, TrainingSettings
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource

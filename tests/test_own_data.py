@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from lepton_assets.definitions import resources
 from lepton_assets.ingestion import raw_batches
-from lepton_assets.training import model_description
 from lepton_assets.validation import validated_batches
 from lepton_core.compress import compress_model
 from lepton_core.data import (
@@ -38,7 +37,7 @@ from lepton_core.data import (
 )
 from lepton_core.evaluate import evaluate_candidate, headline
 from lepton_core.images import IMAGE_PIXELS
-from lepton_core.models import load_model, model_inputs, model_scores
+from lepton_core.models import load_model, model_description, model_inputs, model_scores
 from lepton_core.predict import predict_frame
 from lepton_core.registry import current_champion, promote
 from lepton_core.rows import read_landing_file, typed_features

@@ -7,10 +7,9 @@ import horovod.torch as hvd
 import pytest
 import torch
 
-from lepton_assets.training import model_description
 from lepton_core.compress import metric
 from lepton_core.data import load_tensors, read_dataset_info
-from lepton_core.models import load_model
+from lepton_core.models import load_model, model_description
 from lepton_core.spec import DIGITS_PROJECT, ModelRef, Project, TrainingSettings
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import TASKS
