@@ -5,6 +5,7 @@ import dagster as dg
 from lepton_assets.evaluation import BLESSED_CHECK, evaluation_report
 from lepton_assets.pointers import upstream
 from lepton_core.evaluate import headline
+from lepton_core.model_card import write_card
 from lepton_core.registry import (
     POINTER_KEY,
     champion_history,
@@ -13,6 +14,24 @@ from lepton_core.registry import (
     rollback,
 )
 from resources.artifact_store import ArtifactStoreResource
+
+# Who starts a run, as far as the instance knows: the `lepton` command tags its runs with
+# the user; Dagster tags a sensor's, a schedule's and a backfill's runs (Dagster+ the user's).
+INITIATOR_TAGS = {
+    "lepton/user": "user",
+    "dagster/user": "user",
+    "dagster/sensor_name": "sensor",
+    "dagster/schedule_name": "schedule",
+    "dagster/backfill": "backfill",
+}
+
+
+def initiator(run: dg.DagsterRun) -> str | None:
+    """Who started ``run`` ("user alice", "sensor retraining_sensor"), None when unknown."""
+    for tag, what in INITIATOR_TAGS.items():
+        if tag in run.tags:
+            return f"{what} {run.tags[tag]}"
+    return None
 
 
 @dg.asset(
@@ -44,9 +63,11 @@ def champion_model(
             "metrics": headline(ev),
             "dataset_version": ev["dataset_version"],
             "report": f"{report_prefix}/report.html",
+            "by": initiator(context.run),
         },
         context.run.run_id,
     )
+    card = write_card(store, record["model_prefix"])
     context.log.info(f"promoted {record['model_prefix']} (previous: {record['previous']})")
     return dg.MaterializeResult(
         metadata={
@@ -55,6 +76,7 @@ def champion_model(
             **{f"test_{k}": v for k, v in record["metrics"].items()},
             "champions_in_force": len(champion_lineage(champion_history(store))),
             "pointer": dg.MetadataValue.path(store.url(POINTER_KEY)),
+            "model_card": dg.MetadataValue.path(store.url(card)),
         }
     )
 
@@ -64,7 +86,9 @@ def rollback_champion(
     context: dg.OpExecutionContext, artifacts: ArtifactStoreResource
 ) -> dg.Output[None]:
     store = artifacts.get_store()
-    record = rollback(store, context.run.run_id)
+    record = rollback(store, context.run.run_id, initiator(context.run))
+    card = write_card(store, record["model_prefix"])
+    write_card(store, record["previous"])
     context.log.info(f"champion rolled back to {record['model_prefix']} from {record['previous']}")
     context.log_event(
         dg.AssetMaterialization(
@@ -75,6 +99,7 @@ def rollback_champion(
                 "previous": record["previous"],
                 "action": "rollback",
                 "pointer": dg.MetadataValue.path(store.url(POINTER_KEY)),
+                "model_card": dg.MetadataValue.path(store.url(card)),
             },
         )
     )

@@ -336,7 +336,7 @@ def compress_model(
             log(f"{variant}: skipped: {reason}")
             continue
         prefix = f"compressed/{name}/{variant}"
-        save_model(store, prefix, model, {**info, **extra, "variant": variant})
+        save_model(store, prefix, model, {**info, **extra, "variant": variant, "source": source})
         float_weights = not extra.get("quantization")
         rows.append(
             {

@@ -12,8 +12,10 @@ CPU latency.
 import base64
 import html
 import json
+import math
 import re
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,25 @@ from lepton_core.store import ArtifactStore
 from lepton_core.tasks import significant, task_of
 
 ECE_BINS = 15
+Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
+
+
+def wilson_interval(successes: int, n: int) -> list[float]:
+    """95 % Wilson score interval of a proportion (good at small n and near 0 or 1)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p, z2 = successes / n, Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [round(float(centre - half), 5), round(float(centre + half), 5)]
+
+
+def mean_interval(values: np.ndarray, transform: Callable[[float], float] = float) -> list:
+    """95 % interval of a mean of per-row ``values`` (normal approximation, O(rows) memory),
+    through a monotone ``transform`` (``sqrt`` turns the mean squared error's into RMSE's)."""
+    half = Z95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    low, high = max(float(values.mean()) - half, 0.0), float(values.mean()) + half
+    return [significant(transform(low)), significant(transform(high))]
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float:
@@ -59,8 +80,10 @@ def classification_metrics(scores: torch.Tensor, target: torch.Tensor, classes: 
             zero_division=0,  # pyright: ignore[reportArgumentType]
         )
     )
+    correct = int((predicted == truth).sum())
     return {
         "accuracy": round(float((predicted == truth).mean()), 5),
+        "intervals": {"accuracy": wilson_interval(correct, len(truth))},
         "macro_f1": round(float(f1_score(truth, predicted, labels=k, average="macro")), 5),
         "ece": round(expected_calibration_error(probabilities.max(1), predicted == truth), 5),
         "per_class": [
@@ -82,10 +105,15 @@ def regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[st
     predicted, truth = predicted.double(), target.double()
     error = predicted - truth
     total = float(((truth - truth.mean()) ** 2).sum())
+    errors = error.numpy()
     return {
         "rmse": significant(float(error.pow(2).mean().sqrt())),
         "mae": significant(float(error.abs().mean())),
         "r2": round(1.0 - float(error.pow(2).sum()) / total, 5) if total > 0 else None,
+        "intervals": {
+            "rmse": mean_interval(errors**2, math.sqrt),
+            "mae": mean_interval(np.abs(errors)),
+        },
     }
 
 
@@ -385,6 +413,7 @@ def evaluate_candidate(
         "champion_size_bytes": champion_size,
         "blessed": not broken,
         "broken_rules": broken,
+        "rules": settings.model_dump(),
     }
     variants = store.read_json(f"{compressed['variants']}/variants.json")
     history = store.read_json(f"{compressed['source']}/history.json")
@@ -400,7 +429,7 @@ def evaluate_candidate(
         "training_curves.png": curves_png(history, task.metric),
         "pareto.png": store.read_bytes(f"{compressed['variants']}/pareto.png"),
     }
-    report_prefix = f"reports/{candidate_prefix.removeprefix('compressed/')}"
+    report_prefix = report_prefix_of(candidate_prefix)
     markdown = report_markdown(ev, variants)
     for name, data in images.items():
         store.write_bytes(f"{report_prefix}/{name}", data)
@@ -410,6 +439,11 @@ def evaluate_candidate(
     )
     store.write_json(f"{report_prefix}/evaluation.json", ev)
     return ev, report_prefix
+
+
+def report_prefix_of(model_prefix: str) -> str:
+    """Where the evaluation of the model at ``model_prefix`` is written."""
+    return f"reports/{model_prefix.removeprefix('compressed/')}"
 
 
 def headline(ev: dict[str, Any]) -> dict[str, Any]:

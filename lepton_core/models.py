@@ -36,7 +36,7 @@ from lepton_core.data import (
 from lepton_core.spec import DatasetSpec, Project
 from lepton_core.store import ArtifactStore
 from lepton_core.tasks import task_of
-from lepton_core.usercode import UserCodeError, resolve
+from lepton_core.usercode import UserCodeError, code_digest, resolve
 
 BUILTIN = "lepton_core.models:"
 DEFAULT_WIDTHS = {"mlp": [256, 128], "cnn": [32, 64, 128]}
@@ -209,6 +209,7 @@ def model_description(project: Project, dataset: dict[str, Any]) -> dict[str, An
         "factory": ref.factory,
         "kwargs": ref.kwargs,
         "code_path": project.code_path,
+        "code_digest": code_digest(ref.factory, project.code_path),
         "loss": project.loss,
         "dataset_version": dataset["version"],
         "dataset_info": dataset_description(spec, dataset["preprocessing"]).model_dump(),

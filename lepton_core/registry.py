@@ -60,15 +60,16 @@ def promote(store: ArtifactStore, entry: dict[str, Any], run_id: str) -> dict[st
     return _record(store, {**entry, "action": "promote", "previous": previous}, run_id)
 
 
-def rollback(store: ArtifactStore, run_id: str) -> dict[str, Any]:
-    """Point the champion back at the one before the current champion, and record it."""
+def rollback(store: ArtifactStore, run_id: str, by: str | None = None) -> dict[str, Any]:
+    """Point the champion back at the one before the current champion, and record it
+    (``by``: who started it, where known)."""
     lineage = champion_lineage(champion_history(store))
     if len(lineage) < 2:
         raise ValueError(
             f"no earlier champion to roll back to ({len(lineage)} promotion(s) in force)"
         )
     current, target = lineage[-1], lineage[-2]
-    keep = {k: v for k, v in target.items() if k not in ("action", "previous", "at", "run_id")}
-    return _record(
-        store, {**keep, "action": "rollback", "previous": current["model_prefix"]}, run_id
-    )
+    skip = ("action", "previous", "at", "run_id", "by")
+    keep = {k: v for k, v in target.items() if k not in skip}
+    record = {**keep, "action": "rollback", "previous": current["model_prefix"], "by": by}
+    return _record(store, record, run_id)

@@ -44,6 +44,7 @@ from torch import nn
 from lepton_core.data import read_dataset_info, target_scaling
 from lepton_core.distill import DistillationLoss
 from lepton_core.models import build_model, load_model, save_model, torch_bytes
+from lepton_core.spec import TrainingSettings
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import Batch, ShardStream, device_batches
 from lepton_core.tasks import Loss, Task, significant, task_of
@@ -415,7 +416,9 @@ class Trainer:
         if not self.is_root:
             return
         job = self.job
+        training = {k: job[k] for k in TrainingSettings.model_fields}
         model_info = {**self.model_info, "variant": "fp32", "dtype": "float32"}
+        model_info["training"] = training
         prefix = job["output_prefix"]
         digest = save_model(self.store, prefix, self.model.cpu(), model_info)
         self.store.write_json(f"{prefix}/history.json", self.history)

@@ -5,9 +5,12 @@ user's code (the Dagster step, every Horovod rank, ``lepton predict``), so a use
 need not be installed.
 """
 
+import hashlib
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -37,3 +40,23 @@ def resolve(path: str, code_path: str | None = None, what: str = "function") -> 
     if not callable(found):
         raise UserCodeError(f"{what} {path!r}: {type(found).__name__} is not callable")
     return found
+
+
+def code_digest(path: str, code_path: str | None = None) -> str:
+    """sha256 of the code behind ``path``: every ``.py`` file under the project's
+    ``code_path`` (relative name and content, in name order), else the file of the module
+    ``path`` names. Recorded with each model, so its card says which code trained it."""
+    digest = hashlib.sha256()
+    if code_path:
+        root = Path(code_path)
+        files = sorted(root.rglob("*.py"))
+        names = [f.relative_to(root).as_posix() for f in files]
+    else:
+        add_code_path(code_path)
+        spec = importlib.util.find_spec(path.partition(":")[0])
+        if spec is None or spec.origin is None:
+            raise UserCodeError(f"{path!r}: no module file to digest")
+        files, names = [Path(spec.origin)], [Path(spec.origin).name]
+    for name, file in zip(names, files, strict=True):
+        digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()

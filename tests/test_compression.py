@@ -17,7 +17,12 @@ from lepton_core.compress import (
     variant_builders,
     weight_sparsity,
 )
-from lepton_core.evaluate import bless, expected_calibration_error, regression_metrics
+from lepton_core.evaluate import (
+    bless,
+    expected_calibration_error,
+    regression_metrics,
+    wilson_interval,
+)
 from lepton_core.models import LeptonModel, build_model, load_model, predict_outputs, save_model
 from lepton_core.predict import predict_frame
 from lepton_core.registry import (
@@ -165,7 +170,12 @@ def test_blessing_rules():
 def test_regression_metrics_and_blessing_rules():
     truth = torch.tensor([1.0, 2.0, 3.0, 4.0])
     scores = regression_metrics(torch.tensor([1.5, 2.0, 2.5, 4.0]), truth)
-    assert scores == {"rmse": 0.35355, "mae": 0.25, "r2": 0.9}
+    # 95 % intervals of the means of squared and absolute errors (clamped at 0), by hand.
+    intervals = {"rmse": [0.0, 0.51619], "mae": [0.0, 0.5329]}
+    assert scores == {"rmse": 0.35355, "mae": 0.25, "r2": 0.9, "intervals": intervals}
+    # Wilson's interval of an accuracy: 95 of 100 gives the textbook (0.8882, 0.9785).
+    assert wilson_interval(95, 100) == [0.88825, 0.97846]
+    assert wilson_interval(10, 10) == [0.72247, 1.0]
     config = EvaluationSettings(min_r2=0.5, max_rmse=1.0, max_rmse_regression=0.05)
     assert bless("regression", scores, None, config) == []
     assert bless("regression", {"rmse": 2.0, "mae": 2.0, "r2": 0.2}, None, config) == [
