@@ -13,6 +13,11 @@ the UI shows.
     lepton export --format onnx the champion as ONNX, checked with onnxruntime without torch
     lepton serve [--port 8080] serve the champion over HTTP, following promotions (see
                                lepton_core/serving)
+    lepton lineage [MODEL]     the model card of MODEL (default: the champion): its data,
+                               annotation batches, code, metrics, promotions (--html)
+    lepton backup DEST         snapshot the artifact store, id index, landing zone and Dagster
+                               instance into DEST (--data reference: name the data, no copy)
+    lepton restore SRC         bring a backup back into an empty home (--force: a used one)
     lepton ui                  dagster dev on this project, with the same embedded defaults
 
 Every command takes ``--project lepton.yaml`` (else ``LEPTON_PROJECT``, ``LEPTON_DATASET`` or
@@ -25,6 +30,7 @@ error does) and the reason.
 """
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -41,6 +47,7 @@ from lepton_core.evaluate import headline
 from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
 from lepton_core.registry import current_champion, require_champion
 from lepton_core.serving.settings import ServeSettings
+from lepton_core.store import check_key
 from resources.alerts import own_error
 from resources.artifact_store import ArtifactStoreResource, lepton_home
 from resources.landing_zone import LandingZoneResource
@@ -124,6 +131,8 @@ def execute(job_name: str, partition: str | None = None, run_config: dict | None
         instance=dg.DagsterInstance.get(),
         partition_key=partition,
         raise_on_error=False,
+        # Who ran it, for the champion's history and model card.
+        tags={"lepton/user": getpass.getuser()},
     )
     if not result.success:
         raise StageFailed(failure_reason(result, partition))
@@ -392,6 +401,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """The model card of a model (default: the champion), as Markdown or HTML."""
+    from lepton_core.evaluate import report_html
+    from lepton_core.model_card import card_markdown
+
+    store = ArtifactStoreResource().get_store()
+    prefix = args.model or require_champion(store)["model_prefix"]
+    if not store.exists(f"{check_key(prefix)}/model.json"):
+        raise ValueError(f"no model at {store.url(prefix)} (no model.json there)")
+    markdown = card_markdown(store, prefix)
+    print(report_html(markdown, {}, f"Model card: {prefix}") if args.html else markdown)
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from lepton_assets.backup import backup
+
+    prepare_home()
+    manifest = backup(args.dest.resolve(), args.data, args.force)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    referenced = sum(len(keys) for keys in manifest["referenced"].values())
+    print(
+        f"backup: {len(manifest['files'])} files ({size} bytes) in {args.dest}, "
+        f"{referenced} data files by reference; Dagster storage {manifest['dagster_storage']}"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from lepton_assets.backup import restore
+
+    prepare_home()
+    manifest = restore(args.source.resolve(), args.force)
+    print(
+        f"restore: {len(manifest['files'])} files from {args.source} "
+        f"(backup of {manifest['created']}) into {lepton_home()}"
+    )
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     prepare_home()
     command = ["dagster", "dev", "-m", "lepton_assets.definitions", "-p", str(args.port)]
@@ -479,6 +528,23 @@ def parser() -> argparse.ArgumentParser:
         "--poll-s", type=float, default=default.poll_s, help="champion pointer poll interval"
     )
     serve.add_argument("--log-level", default="info")
+    lineage = command("lineage", cmd_lineage, "the model card: data, code, metrics, promotions")
+    lineage.add_argument(
+        "model", nargs="?", help="model prefix, e.g. compressed/<m>/fp32 (default: the champion)"
+    )
+    lineage.add_argument("--html", action="store_true", help="print the HTML page instead")
+    save = command("backup", cmd_backup, "snapshot the store, landing zone and Dagster instance")
+    save.add_argument("dest", type=Path, help="a new or empty local folder")
+    save.add_argument(
+        "--data",
+        choices=["copy", "reference"],
+        default="copy",
+        help="copy the landing files and Parquet batches, or only name them (default copy)",
+    )
+    save.add_argument("--force", action="store_true", help="even with runs in progress")
+    back = command("restore", cmd_restore, "bring a backup back into an empty home")
+    back.add_argument("source", type=Path, help="a folder written by lepton backup")
+    back.add_argument("--force", action="store_true", help="write over a home that holds data")
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     return top

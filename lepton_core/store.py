@@ -180,9 +180,10 @@ class ArtifactStore:
         return sorted(keys)
 
     def files(self, prefix: str, recursive: bool = True) -> dict[str, tuple[int, float]]:
-        """Every file below ``prefix`` (at any depth, or directly under it): key -> (bytes,
-        modified time in epoch seconds; local mtime or the object store's LastModified)."""
-        base = self.path(prefix)
+        """Every file below ``prefix`` (at any depth, or directly under it; "" is the whole
+        store): key -> (bytes, modified time in epoch seconds; local mtime or the object
+        store's LastModified)."""
+        base = self.path(prefix) if prefix else self.root
         self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return {}

@@ -1,6 +1,8 @@
 """The whole lifecycle through Dagster, as `lepton demo` runs it: real Horovod (np=2, Gloo)."""
 
+import getpass
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -88,6 +90,7 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     assert second["blessed"] and champion_prefix(store) == second["candidate_model"]
     assert main(["rollback"]) == 0
     assert champion_prefix(store) == champion["model_prefix"]
+    check_model_card(store, champion["model_prefix"], second["candidate_model"], capsys)
 
     # Predictions come from the (rolled back) champion.
     test_rows = load_split(store, evaluation["dataset_version"], "test")
@@ -144,6 +147,70 @@ def test_demo_runs_the_whole_graph_and_promotes_a_champion(
     for record in champion_history(store):
         load_model(store, record["model_prefix"])
         assert len(load_split(store, record["dataset_version"], "test")) > 0
+
+    check_backup_and_restore(lepton_home, store, capsys)
+
+
+def check_model_card(
+    store: ArtifactStore, first: str, second: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lepton lineage` prints the champion's card: its data, code, metrics with intervals,
+    verdict, and the promotions and the rollback that made it champion, with who ran them."""
+    capsys.readouterr()
+    assert main(["lineage"]) == 0
+    card = capsys.readouterr().out
+    assert card.startswith(f"# Model card: `{first}`") and "the current champion" in card
+    days = [f"| 2026-01-0{d} | " for d in range(1, 8)]
+    assert all(day in card for day in days) and "| annotation batches |" in card
+    assert "Factory `lepton_core.models:cnn`" in card and "code digest `" in card
+    assert "| accuracy | 0.9" in card and " – " in card  # the value and its 95 % interval
+    assert "Verdict: **BLESSED**, against no champion" in card
+    history = card.split("## Champion history")[1]
+    events = [line for line in history.splitlines() if line.startswith("| 20")]
+    assert [line.split(" | ")[1] for line in events] == ["promote", "promote", "rollback"]
+    user = f"| user {getpass.getuser()} |"  # the CLI's runs; train_again's run has no user
+    assert [line.endswith(user) for line in events] == [True, False, True]
+    assert events[1].endswith("| not recorded |")
+    # The card of the second model: promoted once, then rolled back from.
+    assert main(["lineage", second, "--html"]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith("<!doctype html>") and "not the champion" in page
+    # Written at each promotion and rollback, beside the report, linked from the champion.
+    assert store.exists(f"reports/{first.removeprefix('compressed/')}/card.html")
+    latest = dg.DagsterInstance.get().get_latest_materialization_event(
+        dg.AssetKey("champion_model")
+    )
+    assert latest is not None and latest.asset_materialization is not None
+    link = latest.asset_materialization.metadata["model_card"].value
+    assert link == store.url(f"reports/{first.removeprefix('compressed/')}/card.html")
+
+
+def check_backup_and_restore(
+    home: Path, store: ArtifactStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Back up, destroy the home, restore: the same champion and status, a rerun that skips
+    what was done, and a retrain that works."""
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    backup = home.parent / "backup"
+    assert main(["backup", str(backup)]) == 0
+    assert main(["restore", str(backup)]) == 1  # the home is not empty
+    assert "the home is not empty" in capsys.readouterr().err
+    shutil.rmtree(home)
+    assert main(["restore", str(backup)]) == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert json.loads(capsys.readouterr().out) == before
+    assert main(["run"]) == 0  # nothing new: no day is ingested again, nothing trained
+    out = capsys.readouterr().out
+    assert out.startswith("0 new or changed days") and '"status": "unchanged"' in out
+    assert main(["run", "--retrain"]) == 0  # the restored dataset and champion train on
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (
+        summary["status"] == "promoted"
+        and summary["dataset_version"] == (before["training_dataset"]["version"])
+    )
 
 
 def train_again(
