@@ -6,6 +6,7 @@ Nothing here reads the environment: resources resolve their settings when a run 
 
 import dagster as dg
 
+from lepton_assets.annotation import annotation_candidates
 from lepton_assets.champion import champion_model
 from lepton_assets.compression import compressed_model
 from lepton_assets.evaluation import evaluation_report
@@ -23,6 +24,7 @@ from resources.landing_zone import LandingZoneResource
 from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import (
+    annotation_job,
     ingest_job,
     monitoring_job,
     rollback_job,
@@ -40,6 +42,7 @@ tuning_assets = [tuned_config]
 compression_assets = [compressed_model]
 evaluation_assets = [evaluation_report, champion_model]
 monitoring_assets = [served_traffic]
+annotation_assets = [annotation_candidates]
 
 resources = {
     "artifacts": ArtifactStoreResource(),
@@ -60,8 +63,17 @@ defs = dg.Definitions(
         *compression_assets,
         *evaluation_assets,
         *monitoring_assets,
+        *annotation_assets,
     ],
-    jobs=[ingest_job, training_job, tuning_job, tune_and_train_job, rollback_job, monitoring_job],
+    jobs=[
+        annotation_job,
+        ingest_job,
+        training_job,
+        tuning_job,
+        tune_and_train_job,
+        rollback_job,
+        monitoring_job,
+    ],
     schedules=[nightly_ingest_schedule, nightly_monitoring_schedule],
     sensors=[landing_sensor, retraining_sensor, failure_alert_sensor],
     resources=resources,

@@ -22,6 +22,12 @@ monitoring_job = dg.define_asset_job(
     description="Measure a day of served traffic against the champion's training data.",
 )
 
+annotation_job = dg.define_asset_job(
+    "annotation_job",
+    selection=dg.AssetSelection.groups("annotation"),
+    description="Find one day's rows worth a person's review (annotation candidates).",
+)
+
 STUDY = dg.AssetSelection.assets("tuned_config")
 MODEL_HALF = dg.AssetSelection.groups("training", "compression", "evaluation")
 

@@ -15,6 +15,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "monitoring_job",
         "tuning_job",
         "tune_and_train_job",
+        "annotation_job",
     }
     selected = {
         name: {
@@ -43,6 +44,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "evaluation_report": "evaluation",
         "champion_model": "evaluation",
         "served_traffic": "monitoring",
+        "annotation_candidates": "annotation",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
