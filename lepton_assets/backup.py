@@ -30,11 +30,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from sqlalchemy.engine import make_url
 
 from lepton_core.store import ArtifactStore
 from resources.artifact_store import ArtifactStoreResource
@@ -170,22 +172,30 @@ def backup(dest: Path, data: str = "copy", force: bool = False) -> dict[str, Any
     return manifest
 
 
+def libpq(url: str) -> tuple[str, dict[str, str]]:
+    """(the libpq connection URL without its password, the environment carrying it): a
+    password never appears on a command line, where ``ps`` would show it."""
+    parsed = make_url(url)
+    env = {**os.environ, **({"PGPASSWORD": parsed.password} if parsed.password else {})}
+    plain = parsed.set(drivername="postgresql", password=None)
+    return plain.render_as_string(hide_password=False), env
+
+
+def run_pg(tool: str, url: str, *args: str) -> None:
+    """Run ``pg_dump`` or ``pg_restore`` on ``url``; a failure names the tool and its error."""
+    dbname, env = libpq(url)
+    result = subprocess.run([tool, *args, f"--dbname={dbname}"], env=env, capture_output=True,
+                            text=True)  # fmt: skip
+    if result.returncode != 0:
+        raise BackupError(f"{tool} failed: {result.stderr.strip()[-2000:]}")
+
+
 def pg_dump(url: str, target: Path) -> None:
-    subprocess.run(
-        ["pg_dump", "--format=custom", "--no-owner", f"--file={target}", f"--dbname={url}"],
-        check=True,
-        capture_output=True,
-    )
+    run_pg("pg_dump", url, "--format=custom", "--no-owner", f"--file={target}")
 
 
 def pg_restore(url: str, dump: Path) -> None:
-    result = subprocess.run(
-        ["pg_restore", "--clean", "--if-exists", "--no-owner", f"--dbname={url}", str(dump)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise BackupError(f"pg_restore of {dump} failed: {result.stderr.strip()[-2000:]}")
+    run_pg("pg_restore", url, "--clean", "--if-exists", "--no-owner", str(dump))
 
 
 def home_contents(store: ArtifactStore, landing: ArtifactStore, home: Path) -> list[str]:
@@ -204,6 +214,10 @@ def restore(src: Path, force: bool = False) -> dict[str, Any]:
     store, landing = ArtifactStoreResource().get_store(), LandingZoneResource().get_store()
     home = Path(os.environ["DAGSTER_HOME"])
     present = home_contents(store, landing, home)
+    url = None
+    if manifest["dagster_storage"] == "postgres":
+        url, runs = restored_postgres(src)
+        present += [f"{runs} runs in the instance's database"] if runs else []
     if present and not force:
         raise BackupError(
             f"the home is not empty ({', '.join(present)}, …); restore onto an "
@@ -225,12 +239,21 @@ def restore(src: Path, force: bool = False) -> dict[str, Any]:
             shutil.copyfile(src / name, target)
     for origin, target, key in fetches:
         target.write_bytes(key, origin.read_bytes(key))
-    if manifest["dagster_storage"] == "postgres":
-        url = postgres_url(dg.DagsterInstance.get())
-        if url is None:
-            raise BackupError("the backup's instance was on PostgreSQL; this one is not")
+    if url is not None:
         pg_restore(url, src / "dagster/instance.dump")
     return manifest
+
+
+def restored_postgres(src: Path) -> tuple[str, int]:
+    """(the database the backup's dagster.yaml names on this machine, with this machine's
+    environment; how many runs it holds already), before anything is written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(src / "dagster/home/dagster.yaml", Path(tmp) / "dagster.yaml")
+        with dg.DagsterInstance.from_config(tmp) as instance:
+            url = postgres_url(instance)
+            if url is None:
+                raise BackupError(f"{src}: the backup's dagster.yaml does not name PostgreSQL")
+            return url, len(instance.get_runs(limit=100))
 
 
 def referenced_fetches(

@@ -144,7 +144,8 @@ def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
     ingestion read, days never ingested included. One listing per day: a file whose size and
     modified time are those its ingestion recorded keeps its recorded sha256; only new files
     and files whose stamp moved are read and hashed, so a call's cost does not grow with the
-    bytes of history."""
+    bytes of history. Files are compared by their key in the landing zone, not their URL,
+    so a landing zone restored elsewhere (``lepton restore``) holds the same days."""
     store, artifacts = landing.get_store(), ArtifactStoreResource(uri=artifacts_uri).get_store()
     days = []
     for day in landed_days(store.folders())[0]:
@@ -153,15 +154,19 @@ def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
             days.append(day)
             continue
         manifest, stamps = artifacts.read_json(key), store.files(day, recursive=False)
-        recorded = manifest.get("stamps", {})
+        files, recorded = by_key(manifest["files"], day), by_key(manifest.get("stamps", {}), day)
         hashes = {}
         for file in landing.partition_files(day):
-            url = store.url(file)
-            same = recorded.get(url) == list(stamps[file]) and url in manifest["files"]
-            hashes[url] = manifest["files"][url] if same else store.sha256(file)
-        if hashes != manifest["files"]:
+            same = recorded.get(file) == list(stamps[file]) and file in files
+            hashes[file] = files[file] if same else store.sha256(file)
+        if hashes != files:
             days.append(day)
     return days
+
+
+def by_key(by_url: dict[str, Any], day: str) -> dict[str, Any]:
+    """A raw manifest's entries (keyed by landing URL) keyed by ``<day>/<name>``."""
+    return {url[url.rindex(f"/{day}/") + 1 :]: value for url, value in by_url.items()}
 
 
 def ingest_day(day: str) -> None:

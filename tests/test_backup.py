@@ -5,6 +5,7 @@ test_end_to_end.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from lepton_assets.cli import main
 from lepton_core.store import ArtifactStore
 
 from .conftest import DEMO_END
+from .services import ROOT, instance_env, throwaway_database
+from .test_postgres import count
 
 
 @pytest.fixture
@@ -95,3 +98,43 @@ def test_data_by_reference_is_named_not_copied_and_restored_from_its_store(
     assert f"raw/{day}.parquet (backed up by reference" in capsys.readouterr().err
     # Found missing before anything was written.
     assert ArtifactStore(f"file://{again / 'artifacts'}").files("") == {}
+
+
+@pytest.mark.integration
+def test_an_instance_on_postgres_is_dumped_and_restored_into_an_empty_database(
+    lepton_home: Path,
+    seeded: ArtifactStore,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):
+    with throwaway_database("lepton_backup") as source, throwaway_database("lepton_new") as target:
+        dagster_home = lepton_home / "dagster_home"
+        dagster_home.mkdir(parents=True)
+        shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+        for key, value in instance_env(dagster_home, source).items():
+            monkeypatch.setenv(key, value)
+        assert main(["ingest", "--day", DEMO_END.isoformat()]) == 0
+        backup = lepton_home.parent / "backup"
+        assert main(["backup", str(backup)]) == 0
+        manifest = json.loads((backup / "manifest.json").read_text())
+        assert manifest["dagster_storage"] == "postgres"
+        assert "dagster/instance.dump" in manifest["files"]
+        # A new machine: an empty home, its instance's variables naming an empty database.
+        fresh = lepton_home.parent / "fresh"
+        monkeypatch.setenv("LEPTON_HOME", str(fresh))
+        for key, value in instance_env(fresh / "dagster_home", target).items():
+            monkeypatch.setenv(key, value)
+        assert main(["restore", str(backup)]) == 0
+        capsys.readouterr()
+        assert count(target, "SELECT count(*) FROM runs") == 1
+        assert main(["status"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert [r["job"] for r in status["latest_runs"]] == ["ingest_job"]
+        assert status["days_to_ingest"] == [
+            d for d in status["days_to_ingest"] if d != DEMO_END.isoformat()
+        ]
+        # Restoring again finds the database in use and refuses.
+        shutil.rmtree(fresh / "artifacts")
+        shutil.rmtree(fresh / "landing")
+        assert main(["restore", str(backup)]) == 1
+        assert "1 runs in the instance's database" in capsys.readouterr().err
