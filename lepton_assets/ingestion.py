@@ -75,7 +75,8 @@ def raw_batches(
         raise IngestionError(
             f"no readable landing file for {day}: {[r['reason'] for r in rejected]}"
         )
-    batch = pl.concat(frames, how="vertical")
+    # Annotation batches add their provenance columns; other files have none (null there).
+    batch = pl.concat(frames, how="diagonal")
     digest = store.write_parquet(raw_key(day), batch)
     store.write_json(
         raw_manifest_key(day),

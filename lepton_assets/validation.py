@@ -5,18 +5,32 @@ Outputs per day: ``validated/<day>.parquet`` (clean rows), ``quarantine/<day>.pa
 validation result) and ``validated/<day>.json`` (the batch's manifest, read by
 ``training_dataset``), plus the suite (``validation/<day>.suite.json``) and GX's Data Docs
 page (``validation/<day>.html``).
+
+Rows of an annotation batch (``annotations-*`` files, with provenance columns) correct rows
+of other days: their ids must be held by an accepted day (else the row is quarantined,
+``annotated_id_unknown``), and they are not claimed as the day's own ids.
 """
 
 from collections import Counter
+from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.partitions import daily_partitions_def
 from lepton_core.drift import drift, drift_verdict, unseen_categories
+from lepton_core.id_index import IdIndex
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
 from lepton_core.rows import SOURCE_FILE, SOURCE_ROW
-from lepton_core.validation.batch_checks import drift_reference, ids_in_other_days
+from lepton_core.spec import DatasetSpec
+from lepton_core.store import ArtifactStore
+from lepton_core.validation.batch_checks import (
+    annotated,
+    drift_reference,
+    ids_in_other_days,
+    unknown_annotated_ids,
+)
 from lepton_core.validation.suite import (
     FAILED_RULES,
     build_suite,
@@ -83,7 +97,31 @@ def validated_batches(
     suite = build_suite(spec)
     engine, parameters = expectations.engine, spec.suite_parameters
     result = run_suite(raw.select(spec.columns), suite, engine, parameters)
-    clean, rejected = split_by_failures(raw, row_failures(result))
+    index = artifacts.get_id_index()
+    try:
+        return validate_day(context, store, spec, index, raw, suite, result)
+    finally:
+        index.dispose()
+
+
+def validate_day(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    spec: DatasetSpec,
+    index: IdIndex,
+    raw: pl.DataFrame,
+    suite: Any,
+    result: Any,
+) -> dg.MaterializeResult:
+    """Split the day by the suite's ``result`` (and the annotation rule), write both parts,
+    claim the day's ids, and report."""
+    day = context.partition_key
+    failures = row_failures(result)
+    # An annotation row must correct an accepted row: one naming an unknown id is quarantined
+    # with its task (its provenance columns stay with it).
+    for row in unknown_annotated_ids(index, store, spec, day, raw):
+        failures.setdefault(row, []).append(f"annotated_id_unknown({spec.id_column})")
+    clean, rejected = split_by_failures(raw, failures)
     batch_failures = table_failures(result)
 
     digest = store.write_parquet(validated_key(day), clean)
@@ -99,12 +137,9 @@ def validated_batches(
     reference = drift_reference(store, spec)
     measured = drift(spec, reference[0], clean) if reference is not None and clean.height else None
     drifted = drift_verdict(spec, measured) if measured else []
-    index = artifacts.get_id_index()
-    try:
-        accept = passed and not drifted
-        repeated = ids_in_other_days(index, store, spec, day, clean[spec.id_column], accept)
-    finally:
-        index.dispose()
+    accept = passed and not drifted
+    own_ids = clean.filter(~annotated(clean))[spec.id_column]
+    repeated = ids_in_other_days(index, store, spec, day, own_ids, accept)
     unseen = unseen_categories(clean, reference[1]) if reference is not None else {}
     if any(unseen.values()):
         context.log.info(f"{day}: values outside the training vocabulary (unknown): {unseen}")
@@ -117,6 +152,7 @@ def validated_batches(
             "quarantined": rejected.height,
             "sha256": digest,
             "check_passed": passed and not repeated and not drifted,
+            "annotated_rows": int(annotated(clean).sum()),
             "suite": suite.name,
         },
     )

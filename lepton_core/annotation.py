@@ -58,12 +58,18 @@ def label_issue_rows(frame: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFra
     if (counts[counts > 0] < FOLDS).any() or (counts > 0).sum() < 2:
         return frame.clear(), f"too few rows per class for {FOLDS}-fold probabilities: {counts}"
     x, categorical = feature_matrix(frame, spec)
-    model = HistGradientBoostingClassifier(categorical_features=categorical, random_state=0)
+    model = HistGradientBoostingClassifier(
+        categorical_features=categorical,  # pyright: ignore[reportArgumentType]  (a bool mask)
+        random_state=0,
+    )
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
     seen = np.flatnonzero(counts)  # classes absent from this day get no column
     local = np.searchsorted(seen, y)
-    probs = cross_val_predict(model, x, local, cv=folds, method="predict_proba")
-    flagged = find_label_issues(local, probs, filter_by="prune_by_noise_rate")
+    probs = np.asarray(cross_val_predict(model, x, local, cv=folds, method="predict_proba"))
+    # n_jobs=1: cleanlab's default forks a process pool, and a fork of a process that runs
+    # threads (Dagster's, torch's OpenMP team) can deadlock in the child; one day's rows
+    # take well under a second in one process.
+    flagged = find_label_issues(local, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     quality = get_label_quality_scores(local, probs)
     suggested = [classes[seen[i]] for i in probs.argmax(1)]
     scored = frame.with_columns(

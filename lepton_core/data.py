@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from lepton_core.drift import category_summary, image_brightness, value_counts
 from lepton_core.images import IMAGE_PIXELS
 from lepton_core.keys import (
+    annotations_key,
     dataset_info_key,
     drift_reference_key,
     shard_key,
@@ -41,6 +42,7 @@ from lepton_core.keys import (
     shard_prefix,
     validated_key,
 )
+from lepton_core.rows import PROVENANCE
 from lepton_core.sketch import NumberSketch, numeric_statistics
 from lepton_core.spec import Classes, DatasetSpec
 from lepton_core.store import ArtifactStore
@@ -266,18 +268,28 @@ def row_group_rows(frame: pl.DataFrame) -> int:
     return max(1, min(ROW_GROUP_ROWS, int(ROW_GROUP_BYTES // max(per_row, 1))))
 
 
-def write_shard(store: ArtifactStore, spec: DatasetSpec, manifest: dict) -> dict[str, Any]:
+def write_shard(
+    store: ArtifactStore,
+    spec: DatasetSpec,
+    manifest: dict,
+    superseded: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, Any]:
     """One validated day split into train/val/test Parquet files of row groups sized by
-    ``row_group_rows``; written once per (day content, spec) and shared by every dataset
-    version that holds the day, so a retrain splits only the days it has not seen."""
+    ``row_group_rows``, without the rows of ``superseded`` ids (a later annotation corrects
+    them) and without provenance columns; written once per (day content, spec, superseded)
+    and shared by every dataset version that holds the day, so a retrain splits only the
+    days it has not seen."""
     day = manifest["partition"]
-    fingerprint = json.dumps(
-        {"spec": spec.model_dump(), "sha256": manifest["sha256"]}, sort_keys=True
-    )
+    identity = {"spec": spec.model_dump(), "sha256": manifest["sha256"]}
+    if superseded:
+        identity["superseded"] = sorted(superseded)
+    fingerprint = json.dumps(identity, sort_keys=True)
     prefix = shard_prefix(day, hashlib.sha256(fingerprint.encode()).hexdigest()[:16])
     if store.exists(shard_manifest_key(prefix)):
         return store.read_json(shard_manifest_key(prefix))
-    frame = assign_splits(store.read_parquet(validated_key(day)), spec.id_column)
+    frame = store.read_parquet(validated_key(day))
+    frame = frame.filter(~pl.col(spec.id_column).cast(pl.String).is_in(list(superseded)))
+    frame = assign_splits(frame.drop(PROVENANCE, strict=False), spec.id_column)
     shard: dict[str, Any] = {"prefix": prefix, "partition": day, "rows": {}, "sha256": {}}
     rows = row_group_rows(frame)
     for split in SPLITS:
@@ -331,6 +343,36 @@ def train_statistics(
     return preprocessing_of(spec, stats, vocab, target), summary
 
 
+def annotations_in_force(
+    store: ArtifactStore, spec: DatasetSpec, ordered: list[dict]
+) -> tuple[dict[str, set[str]], pl.DataFrame]:
+    """(day -> the ids of its rows that a later day's annotation row corrects, the
+    annotation rows in force with their provenance and day). The latest correction of an id
+    wins; its row stays in its own day's shard, in the split its id hashes to, as the
+    original row did."""
+    later: set[str] = set()
+    superseded: dict[str, set[str]] = {}
+    kept: list[pl.DataFrame] = []
+    for manifest in reversed(ordered):
+        day = manifest["partition"]
+        annotated = bool(manifest.get("annotated_rows"))
+        if not (later or annotated):
+            superseded[day] = set()
+            continue
+        columns = [spec.id_column, *([spec.label_column, *PROVENANCE] if annotated else [])]
+        frame = store.read_parquet(validated_key(day), columns=columns)
+        frame = frame.with_columns(pl.col(spec.id_column).cast(pl.String))
+        superseded[day] = set(frame[spec.id_column].to_list()) & later
+        if annotated:
+            rows = frame.filter(pl.col(PROVENANCE[0]).is_not_null())
+            rows = rows.filter(~pl.col(spec.id_column).is_in(list(later)))
+            kept.append(rows.with_columns(pl.lit(day).alias("day")))
+            later |= set(rows[spec.id_column].to_list())
+    schema = {c: pl.String for c in (spec.id_column, *PROVENANCE, "day")}
+    corrections = pl.concat(kept[::-1]) if kept else pl.DataFrame(schema=schema)
+    return superseded, corrections
+
+
 def build_dataset(
     store: ArtifactStore, spec: DatasetSpec, partitions: list[dict]
 ) -> tuple[str, dict]:
@@ -344,7 +386,8 @@ def build_dataset(
         sort_keys=True,
     )
     version = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    shards = [write_shard(store, spec, m) for m in ordered]
+    superseded, corrections = annotations_in_force(store, spec, ordered)
+    shards = [write_shard(store, spec, m, superseded[m["partition"]]) for m in ordered]
     rows = {s: sum(shard["rows"][s] for shard in shards) for s in SPLITS}
     if not all(rows.values()):
         raise ValueError(f"dataset {version} has an empty split ({rows}); ingest more partitions")
@@ -356,7 +399,13 @@ def build_dataset(
         "inputs": [[m["partition"], m["sha256"]] for m in ordered],
         "shards": [shard["prefix"] for shard in shards],
         "rows": rows,
+        "annotations": {
+            "rows": corrections.height,
+            "superseded": {day: len(ids) for day, ids in superseded.items() if ids},
+        },
     }
+    if corrections.height:
+        store.write_parquet(annotations_key(version), corrections)
     preprocessing, summary = train_statistics(store, spec, split_keys(info, "train"))
     info["preprocessing"] = preprocessing
     store.write_json(dataset_info_key(version), info)

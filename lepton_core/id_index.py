@@ -74,6 +74,11 @@ class IdIndex:
             found += [(row.id, row.day) for row in rows]
         return sorted(found)
 
+    def held_elsewhere(self, day: str, ids: list[str]) -> list[tuple[str, str]]:
+        """(id, day) of each of ``ids`` that a day other than ``day`` holds, sorted."""
+        with self.engine.connect() as conn:
+            return self.owners(conn, day, sorted(set(ids)))
+
     def claim(self, day: str, ids: Iterable[str], accept: bool) -> list[tuple[str, str]]:
         """Replace ``day``'s ids: (id, other day) for ids another day holds; the day's ids
         go in only when ``accept`` and none is held elsewhere."""

@@ -44,6 +44,11 @@ def drift_reference_key(version: str) -> str:
     return f"{dataset_prefix(version)}/drift_reference.json"
 
 
+def annotations_key(version: str) -> str:
+    """The annotation rows in force in a version, with their provenance and landing day."""
+    return f"{dataset_prefix(version)}/annotations.parquet"
+
+
 def dataset_info_key(version: str) -> str:
     return f"{dataset_prefix(version)}/dataset.json"
 

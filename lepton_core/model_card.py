@@ -15,15 +15,13 @@ Nothing is recorded twice: the card is read from what the lifecycle already wrot
 """
 
 import json
-import posixpath
 from typing import Any
 
 from lepton_core.evaluate import SUMMARY, cell, report_html, report_prefix_of, tuned_line
 from lepton_core.keys import dataset_info_key, raw_manifest_key, validated_manifest_key
 from lepton_core.registry import champion_history, current_champion
+from lepton_core.rows import is_annotation_file
 from lepton_core.store import ArtifactStore
-
-ANNOTATION_PREFIX = "annotations-"
 
 
 def card_key(model_prefix: str, extension: str) -> str:
@@ -40,7 +38,7 @@ def day_lines(store: ArtifactStore, days: list[str]) -> list[str]:
     for day in days:
         validated = store.read_json(validated_manifest_key(day))
         files = store.read_json(raw_manifest_key(day))["files"]
-        batches = [f for f in files if posixpath.basename(f).startswith(ANNOTATION_PREFIX)]
+        batches = [f for f in files if is_annotation_file(f)]
         lines.append(
             f"| {day} | {validated['rows']} | {validated['quarantined']} | "
             f"{'passed' if validated['check_passed'] else 'FAILED'} | "

@@ -26,6 +26,15 @@ from lepton_core.spec import DatasetSpec
 SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
 PARSE_ERRORS = "_parse_errors"
+# An annotation batch: a landing file named ``annotations-*`` holds corrected rows (the
+# spec's columns) and who corrected each, in the provenance columns; its rows supersede
+# the earlier rows of the same ids (see validation and ``data.build_dataset``).
+ANNOTATION_PREFIX = "annotations-"
+PROVENANCE = ("annotation_task", "annotator", "annotated_at")
+
+
+def is_annotation_file(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].startswith(ANNOTATION_PREFIX)
 
 
 class IngestionError(Exception):
@@ -96,16 +105,18 @@ def parse_file(
     return frame
 
 
-def check_columns(name: str, frame: pl.DataFrame, spec: DatasetSpec) -> list[str]:
+def check_columns(
+    name: str, frame: pl.DataFrame, spec: DatasetSpec, provenance: tuple[str, ...] = ()
+) -> list[str]:
     """The file's columns that the spec does not name (refused unless extra_columns: ignore);
-    a missing column fails the file."""
-    missing = [c for c in spec.columns if c not in frame.columns]
+    a missing column (of the spec, or an annotation batch's ``provenance``) fails the file."""
+    missing = [c for c in (*spec.columns, *provenance) if c not in frame.columns]
     if missing:
         raise IngestionError(
             f"{name}: missing columns {missing[:10]}{' …' if len(missing) > 10 else ''}; "
             f"found {frame.columns[:10]}{' …' if len(frame.columns) > 10 else ''}"
         )
-    extra = [c for c in frame.columns if c not in spec.columns]
+    extra = [c for c in frame.columns if c not in (*spec.columns, *provenance)]
     if extra and spec.extra_columns == "fail":
         raise IngestionError(
             f"{name}: columns the spec does not name: {extra[:10]}; remove them, add them to "
@@ -229,7 +240,8 @@ def read_landing_file(
     """
     types = column_types(spec)
     frame = protect(parse_file(name, data, types, redact=bool(spec.pii)), spec, pii_key)
-    extra = check_columns(name, frame, spec)
+    provenance = PROVENANCE if is_annotation_file(name) else ()
+    extra = check_columns(name, frame, spec, provenance)
     typed, rules = typed_rows(frame, spec, types, read_image)
     id_column = pl.col(spec.id_column)
     blank = pl.when(id_column.str.strip_chars() == "").then(pl.lit(f"empty({spec.id_column})"))
@@ -238,6 +250,7 @@ def read_landing_file(
         broken_rules(rules).alias(PARSE_ERRORS),
         pl.lit(name).alias(SOURCE_FILE),
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(SOURCE_ROW),
+        *(frame[c].cast(pl.String) for c in provenance),
     )
     return lineage, extra
 

@@ -1,5 +1,6 @@
 """Annotation candidates: quarantined labels, likely label errors (cleanlab), unsure serving."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -10,8 +11,10 @@ import pytest
 from lepton_assets.annotation import candidates_key
 from lepton_assets.cli import main
 from lepton_assets.definitions import defs
+from lepton_assets.demo import seed_landing
 from lepton_core.annotation import candidates
-from lepton_core.spec import DatasetSpec
+from lepton_core.data import accepted_partitions, build_dataset, load_split
+from lepton_core.spec import DIGITS_SPEC, DatasetSpec
 from lepton_core.store import ArtifactStore
 from lepton_core.validation.suite import FAILED_RULES
 
@@ -121,3 +124,50 @@ def test_annotation_job_writes_a_days_candidates_with_metadata(
     assert metadata["candidates"].value == found.height > 0
     assert metadata["by_reason"].value == dict(found["reason"].value_counts().iter_rows())
     assert {"sample_id", "reason", "score", "label", "suggestion", "pixel_00"} <= set(found.columns)
+
+
+@pytest.mark.slow
+def test_annotation_rows_supersede_earlier_rows_and_keep_their_provenance(
+    lepton_home: Path, landing: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+):
+    """An annotation batch lands as a day's file, goes through ingestion and validation like
+    any file, and its corrected labels replace the earlier rows of the same ids in the next
+    dataset version; a correction of an unknown id or to a label outside the classes is
+    quarantined with its task."""
+    monkeypatch.setenv("DAGSTER_HOME", str(lepton_home / "dagster_home"))
+    seed_landing(landing, days=3, end=DEMO_END)
+    first, third = (DEMO_END - timedelta(days=2)).isoformat(), DEMO_END.isoformat()
+    for day in (first, (DEMO_END - timedelta(days=1)).isoformat()):
+        assert main(["ingest", "--day", day]) == 0
+    store = ArtifactStore(f"file://{lepton_home / 'artifacts'}")
+    accepted = store.read_parquet(f"validated/{first}.parquet")
+    earlier = accepted.head(2)
+    corrected = [(int(label) + 1) % 10 for label in earlier["label"]]
+    batch = earlier.with_columns(pl.Series("label", corrected).cast(pl.String))
+    unknown = earlier.head(1).with_columns(pl.lit("digits-none").alias("sample_id"))
+    outside = accepted.slice(2, 1).with_columns(pl.lit("eleven").alias("label"))
+    rows = pl.concat([batch, unknown.cast({"label": pl.String}), outside])
+    rows = rows.with_columns(
+        pl.Series("annotation_task", ["11", "12", "13", "14"]),
+        pl.lit("ann@example.com").alias("annotator"),
+        pl.lit("2026-01-07T10:00:00Z").alias("annotated_at"),
+    )
+    landing.write_parquet(f"{third}/annotations-0001.parquet", rows)
+    assert main(["ingest", "--day", third]) == 0
+    validated = store.read_json(f"validated/{third}.json")
+    assert validated["annotated_rows"] == 2 and validated["check_passed"]
+    quarantined = store.read_parquet(f"quarantine/{third}.parquet")
+    assert quarantined["annotation_task"].to_list() == ["13", "14"]
+    assert quarantined[FAILED_RULES].to_list()[0] == ["annotated_id_unknown(sample_id)"]
+    assert "parse(label: Int64)" in quarantined[FAILED_RULES].to_list()[1]
+
+    version, info = build_dataset(store, DIGITS_SPEC, accepted_partitions(store)[0])
+    assert info["annotations"] == {"rows": 2, "superseded": {first: 2}}
+    provenance = store.read_parquet(f"datasets/{version}/annotations.parquet")
+    assert provenance["annotation_task"].to_list() == ["11", "12"]
+    assert provenance["day"].to_list() == [third, third]
+    frames = pl.concat([load_split(store, version, split) for split in ("train", "val", "test")])
+    ids = earlier["sample_id"].to_list()
+    now = frames.filter(pl.col("sample_id").is_in(ids)).sort("sample_id")
+    assert now["label"].to_list() == [c for _, c in sorted(zip(ids, corrected, strict=True))]
+    assert frames.height == sum(info["rows"].values()) and "annotator" not in frames.columns

@@ -17,8 +17,18 @@ from lepton_core.keys import (
     drift_reference_key,
     validated_key,
 )
+from lepton_core.rows import PROVENANCE
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
+
+
+def seed_index(index: IdIndex, store: ArtifactStore, spec: DatasetSpec, day: str) -> None:
+    """An index made after days were accepted first loads their ids, once."""
+    if not index.is_seeded():
+        accepted = [m["partition"] for m in accepted_partitions(store)[0] if m["partition"] != day]
+        index.seed(
+            ((d, day_ids(store, spec, d)) for d in accepted), at=datetime.now(UTC).isoformat()
+        )
 
 
 def ids_in_other_days(
@@ -26,18 +36,38 @@ def ids_in_other_days(
 ) -> list[tuple[str, str]]:
     """(id, day) for each of ``ids`` that another accepted day (all its checks passed)
     already holds, from the id index; the day's ids enter the index when ``accept`` and none
-    repeats. An index made after days were accepted first loads their ids, once."""
-    if not index.is_seeded():
-        accepted = [m["partition"] for m in accepted_partitions(store)[0] if m["partition"] != day]
-        index.seed(
-            ((d, day_ids(store, spec, d)) for d in accepted), at=datetime.now(UTC).isoformat()
-        )
+    repeats. Annotation rows are not among ``ids``: they correct ids other days hold."""
+    seed_index(index, store, spec, day)
     return index.claim(day, ids.cast(pl.String).to_list(), accept=accept)
 
 
+def annotated(frame: pl.DataFrame) -> pl.Series:
+    """Which rows come from an annotation batch (they carry provenance)."""
+    if PROVENANCE[0] not in frame.columns:
+        return pl.Series([False] * frame.height, dtype=pl.Boolean)
+    return frame[PROVENANCE[0]].is_not_null()
+
+
+def unknown_annotated_ids(
+    index: IdIndex, store: ArtifactStore, spec: DatasetSpec, day: str, raw: pl.DataFrame
+) -> list[int]:
+    """Positions of the annotation rows whose id no other accepted day holds: a correction
+    must correct a row that was accepted."""
+    mask = annotated(raw)
+    if not mask.any():
+        return []
+    seed_index(index, store, spec, day)
+    ids = raw[spec.id_column].cast(pl.String)
+    held = {i for i, _ in index.held_elsewhere(day, ids.filter(mask).drop_nulls().to_list())}
+    return [
+        row for row, (mine, i) in enumerate(zip(mask, ids, strict=True)) if mine and i not in held
+    ]
+
+
 def day_ids(store: ArtifactStore, spec: DatasetSpec, day: str) -> list[str]:
-    column = store.read_parquet(validated_key(day), columns=[spec.id_column]).to_series()
-    return column.cast(pl.String).to_list()
+    """The ids a validated day holds (its annotation rows correct other days' ids)."""
+    frame = store.read_parquet(validated_key(day))
+    return frame.filter(~annotated(frame))[spec.id_column].cast(pl.String).to_list()
 
 
 def drift_reference(
