@@ -4,7 +4,9 @@
 # `lepton serve`, default 2, behind HAProxy on 127.0.0.1:LEPTON_SERVE_PORT, default 8080) under
 # supervisord (deploy/supervisord.conf, each restarted if it exits), on the PostgreSQL instance
 # of deploy/dagster.yaml and the RabbitMQ broker, which run as system services. Logs go to
-# $DAGSTER_HOME/logs. HAProxy comes from the distribution (apt-get install haproxy).
+# $DAGSTER_HOME/logs. HAProxy comes from the distribution (apt-get install haproxy). With
+# LEPTON_LABEL_STUDIO_TOKEN and LEPTON_LABEL_STUDIO_PASSWORD set and Label Studio installed
+# (scripts/setup.sh --label-studio), Label Studio too, on 127.0.0.1:8090.
 #
 #   DAGSTER_HOME=/srv/lepton/dagster_home DAGSTER_PG_HOST=... DAGSTER_PG_DB=... \
 #   DAGSTER_PG_USER=... DAGSTER_PG_PASSWORD=... LEPTON_ID_INDEX_URL=postgresql://... \
@@ -26,6 +28,11 @@ export LEPTON_LOG_DIR=${LEPTON_LOG_DIR:-$DAGSTER_HOME/logs}
 mkdir -p "$LEPTON_LOG_DIR"
 export PATH="$PWD/.venv/bin:$PATH"
 export LEPTON_SERVE_REPLICAS=${LEPTON_SERVE_REPLICAS:-2} LEPTON_SERVE_WORKERS=${LEPTON_SERVE_WORKERS:-1}
+# Label Studio (the annotation loop) when it is installed and has its token.
+export LEPTON_LABEL_STUDIO_AUTOSTART=false
+if [ -n "${LEPTON_LABEL_STUDIO_TOKEN:-}" ] && [ -x .venv-label-studio/bin/label-studio ]; then
+  export LEPTON_LABEL_STUDIO_AUTOSTART=true
+fi
 command -v haproxy >/dev/null || { echo "up.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
 deploy/haproxy.sh "$LEPTON_SERVE_REPLICAS" "$LEPTON_LOG_DIR" "${LEPTON_SERVE_PORT:-8080}" \
   > "$LEPTON_LOG_DIR/haproxy.cfg"

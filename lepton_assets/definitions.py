@@ -6,7 +6,7 @@ Nothing here reads the environment: resources resolve their settings when a run 
 
 import dagster as dg
 
-from lepton_assets.annotation import annotation_candidates
+from lepton_assets.annotation import annotation_candidates, annotation_tasks
 from lepton_assets.champion import champion_model
 from lepton_assets.compression import compressed_model
 from lepton_assets.evaluation import evaluation_report
@@ -20,12 +20,14 @@ from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
 from resources.expectations import ExpectationsResource
 from resources.horovod_launcher import HorovodLauncherResource
+from resources.label_studio import LabelStudioResource
 from resources.landing_zone import LandingZoneResource
 from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import (
     annotation_job,
     ingest_job,
+    labeling_job,
     monitoring_job,
     rollback_job,
     training_job,
@@ -33,7 +35,12 @@ from schedules.jobs import (
     tuning_job,
 )
 from schedules.schedules import nightly_ingest_schedule, nightly_monitoring_schedule
-from schedules.sensors import failure_alert_sensor, landing_sensor, retraining_sensor
+from schedules.sensors import (
+    annotation_sensor,
+    failure_alert_sensor,
+    landing_sensor,
+    retraining_sensor,
+)
 
 ingestion_assets = [raw_batches]
 validation_assets = [validated_batches]
@@ -42,7 +49,7 @@ tuning_assets = [tuned_config]
 compression_assets = [compressed_model]
 evaluation_assets = [evaluation_report, champion_model]
 monitoring_assets = [served_traffic]
-annotation_assets = [annotation_candidates]
+annotation_assets = [annotation_candidates, annotation_tasks]
 
 resources = {
     "artifacts": ArtifactStoreResource(),
@@ -52,6 +59,7 @@ resources = {
     "horovod": HorovodLauncherResource(),
     "retraining": RetrainingPolicyResource(),
     "alerts": AlertWebhookResource(),
+    "label_studio": LabelStudioResource(),
 }
 
 defs = dg.Definitions(
@@ -68,6 +76,7 @@ defs = dg.Definitions(
     jobs=[
         annotation_job,
         ingest_job,
+        labeling_job,
         training_job,
         tuning_job,
         tune_and_train_job,
@@ -75,7 +84,7 @@ defs = dg.Definitions(
         monitoring_job,
     ],
     schedules=[nightly_ingest_schedule, nightly_monitoring_schedule],
-    sensors=[landing_sensor, retraining_sensor, failure_alert_sensor],
+    sensors=[landing_sensor, retraining_sensor, annotation_sensor, failure_alert_sensor],
     resources=resources,
     executor=lepton_executor(),
 )

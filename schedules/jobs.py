@@ -24,8 +24,14 @@ monitoring_job = dg.define_asset_job(
 
 annotation_job = dg.define_asset_job(
     "annotation_job",
-    selection=dg.AssetSelection.groups("annotation"),
+    selection=dg.AssetSelection.assets("annotation_candidates"),
     description="Find one day's rows worth a person's review (annotation candidates).",
+)
+
+labeling_job = dg.define_asset_job(
+    "labeling_job",
+    selection=dg.AssetSelection.groups("annotation"),
+    description="Find one day's annotation candidates and send them to Label Studio as tasks.",
 )
 
 STUDY = dg.AssetSelection.assets("tuned_config")

@@ -1,21 +1,25 @@
 """Sensors: ingestion when landing files change, retraining when validated data grows,
-alerts when a run fails."""
+annotations collected from Label Studio, alerts when a run fails."""
 
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
 from lepton_assets.partitions import landed_days
 from lepton_core.keys import current_key, dataset_info_key
+from lepton_core.labeling import LabelStudioError, annotation_rows, batch_key
 from lepton_core.registry import current_champion
 from lepton_core.serving.monitor import DRIFT_PREFIX
 from lepton_core.store import ArtifactStore
 from resources.alerts import AlertWebhookResource, first_line, one_line, own_error
 from resources.artifact_store import ArtifactStoreResource
+from resources.label_studio import TOKEN_VARIABLE, LabelStudioResource
 from resources.landing_zone import LandingZoneResource
+from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import ingest_job, training_job
 
@@ -65,6 +69,48 @@ def landing_sensor(
     if waiting:
         context.log.info(f"landing folders that are not partitions: {waiting}")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+
+
+def landing_day() -> str:
+    """Today (UTC): annotations collected today land as today's data."""
+    return datetime.now(UTC).date().isoformat()
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Lands Label Studio's finished annotations as an annotation batch of today.",
+)
+def annotation_sensor(
+    context: dg.SensorEvaluationContext,
+    label_studio: LabelStudioResource,
+    landing: LandingZoneResource,
+    project: ProjectResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Collects the annotations finished since the last tick (the cursor is the highest
+    annotation id landed) and writes them as ``<landing>/<today>/annotations-<from>-<to>.parquet``
+    (the row with its corrected label and provenance); from there they are data like any
+    other: ingested, validated, quarantined, checked for drift, and in the next dataset
+    version they supersede the rows of the same ids. The file's name comes from the
+    annotation ids, so a tick repeated after a crash writes the same file again, unchanged.
+    With Label Studio down the tick skips with the reason; nothing is lost (the cursor stays)."""
+    if not label_studio.configured():
+        return dg.SkipReason(f"{TOKEN_VARIABLE} is not set: annotation is off")
+    spec, after = project.get_spec(), int(context.cursor or 0)
+    try:
+        client = label_studio.client()
+        tasks = client.tasks(client.project(spec))
+    except LabelStudioError as exc:
+        context.log.warning(f"Label Studio unreachable, retried next tick: {exc}")
+        return dg.SkipReason(f"Label Studio unreachable (nothing lost, retried next tick): {exc}")
+    rows, last = annotation_rows(tasks, spec, after)
+    if rows.is_empty():
+        return dg.SkipReason(f"no annotation finished after annotation {after}")
+    store = landing.get_store()
+    key = batch_key(landing_day(), after, last)
+    store.write_parquet(key, rows)
+    context.log.info(f"landed {rows.height} annotations as {store.url(key)}")
+    return dg.SensorResult(cursor=str(last))
 
 
 @dg.sensor(

@@ -11,15 +11,20 @@
 #      horovod versions; later runs reuse the cached wheel.
 #   4. the project itself with its dev extras;
 #   5. with --test, the system packages the tests need (Chromium and ChromeDriver, sshd, ip,
-#      HAProxy).
+#      HAProxy);
+#   6. with --test or --label-studio, Label Studio in a virtual environment of its own
+#      (${LEPTON_LABEL_STUDIO_VENV:-.venv-label-studio}), started by scripts/label_studio.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WITH_TEST_TOOLS=0
+WITH_LABEL_STUDIO=0
 for arg in "$@"; do
   case "$arg" in
-    --test) WITH_TEST_TOOLS=1 ;;
-    *) printf '[setup] error: unknown argument %s (known: --test)\n' "$arg" >&2; exit 2 ;;
+    --test) WITH_TEST_TOOLS=1; WITH_LABEL_STUDIO=1 ;;
+    --label-studio) WITH_LABEL_STUDIO=1 ;;
+    *) printf '[setup] error: unknown argument %s (known: --test, --label-studio)\n' "$arg" >&2
+       exit 2 ;;
   esac
 done
 
@@ -75,5 +80,13 @@ if [ "$WITH_TEST_TOOLS" = 1 ] && [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   # shellcheck disable=SC2086  # one word per package
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+# --- 6. Label Studio, in its own environment ----------------------------------------
+LS_VENV=${LEPTON_LABEL_STUDIO_VENV:-.venv-label-studio}
+LS_SPEC=${LEPTON_LABEL_STUDIO_SPEC:-label-studio==1.23.2}
+if [ "$WITH_LABEL_STUDIO" = 1 ] && [ ! -x "$LS_VENV/bin/label-studio" ]; then
+  log "installing $LS_SPEC into $LS_VENV"
+  "$PYTHON" -m venv "$LS_VENV"
+  "$LS_VENV/bin/python" -m pip install --disable-pip-version-check -q "$LS_SPEC"
 fi
 log "ready: $VENV"

@@ -16,6 +16,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "tuning_job",
         "tune_and_train_job",
         "annotation_job",
+        "labeling_job",
     }
     selected = {
         name: {
@@ -29,6 +30,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
     assert sensor.job_name == "ingest_job" and sensor.minimum_interval_seconds == 30
     assert defs.resolve_sensor_def("retraining_sensor").job_name == "training_job"
     assert defs.resolve_sensor_def("failure_alert_sensor") is not None
+    assert defs.resolve_sensor_def("annotation_sensor").minimum_interval_seconds == 60
     assert defs.resolve_schedule_def("nightly_ingest_schedule").cron_schedule == "0 2 * * *"
     graph = defs.resolve_asset_graph()
     groups = {
@@ -45,6 +47,7 @@ def test_definitions_name_the_jobs_groups_and_checks():
         "champion_model": "evaluation",
         "served_traffic": "monitoring",
         "annotation_candidates": "annotation",
+        "annotation_tasks": "annotation",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
