@@ -6,9 +6,10 @@ validation result) and ``validated/<day>.json`` (the batch's manifest, read by
 ``training_dataset``), plus the suite (``validation/<day>.suite.json``) and GX's Data Docs
 page (``validation/<day>.html``).
 
-Rows of an annotation batch (``annotations-*`` files, with provenance columns) correct rows
-of other days: their ids must be held by an accepted day (else the row is quarantined,
-``annotated_id_unknown``), and they are not claimed as the day's own ids.
+Rows of an annotation batch (``annotations-*`` files, with provenance columns) that correct
+rows of other days must name an id an accepted day holds (else the row is quarantined,
+``annotated_id_unknown``), and are not claimed as the day's own ids; a reviewed served row
+is a new row, checked like any other.
 """
 
 from collections import Counter
@@ -27,6 +28,7 @@ from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 from lepton_core.validation.batch_checks import (
     annotated,
+    corrections,
     drift_reference,
     ids_in_other_days,
     unknown_annotated_ids,
@@ -138,7 +140,7 @@ def validate_day(
     measured = drift(spec, reference[0], clean) if reference is not None and clean.height else None
     drifted = drift_verdict(spec, measured) if measured else []
     accept = passed and not drifted
-    own_ids = clean.filter(~annotated(clean))[spec.id_column]
+    own_ids = clean.filter(~corrections(clean))[spec.id_column]
     repeated = ids_in_other_days(index, store, spec, day, own_ids, accept)
     unseen = unseen_categories(clean, reference[1]) if reference is not None else {}
     if any(unseen.values()):

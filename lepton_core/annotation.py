@@ -15,6 +15,8 @@ Each candidate keeps the row's id, features and current label, and the quick mod
 the champion's) suggestion, so an annotation tool can show them pre-filled.
 """
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -93,13 +95,26 @@ def quarantined_label_rows(quarantine: pl.DataFrame, spec: DatasetSpec) -> pl.Da
     )
 
 
-def unsure_served_rows(samples: pl.DataFrame | None) -> pl.DataFrame:
-    """The least sure share of the served sample (rows with a confidence only)."""
+def served_id(row: dict[str, Any]) -> str:
+    """An id for a served row (requests carry none): a digest of its features, so the same
+    row gets the same id in every run."""
+    text = json.dumps(row, sort_keys=True, default=str)
+    return "served-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def unsure_served_rows(samples: pl.DataFrame | None, spec: DatasetSpec) -> pl.DataFrame:
+    """The least sure share of the served sample (rows with a confidence only), each with an
+    id of its own: once annotated it is a new row of the data."""
     if samples is None or "confidence" not in samples.columns or samples.is_empty():
         return pl.DataFrame()
     count = max(1, round(samples.height * SERVED_SHARE))
     unsure = samples.sort("confidence").head(count)
+    features = [
+        c for c in (*spec.feature_columns, *spec.categorical_columns) if c in unsure.columns
+    ]
+    ids = [served_id(row) for row in unsure.select(features).iter_rows(named=True)]
     return unsure.with_columns(
+        pl.Series(spec.id_column, ids, dtype=pl.String),
         (1.0 - pl.col("confidence")).round(5).alias(SCORE),
         pl.col("prediction").cast(pl.String).alias(SUGGESTION),
         pl.lit("unsure_served").alias(REASON),
@@ -114,7 +129,7 @@ def candidates(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Every candidate of one day, highest score first, and a summary for metadata."""
     mislabeled, skipped = label_issue_rows(accepted, spec)
-    parts = [quarantined_label_rows(quarantine, spec), mislabeled, unsure_served_rows(served)]
+    parts = [quarantined_label_rows(quarantine, spec), mislabeled, unsure_served_rows(served, spec)]
     keep = [spec.id_column, REASON, SCORE, spec.label_column, SUGGESTION]
     keep += [*spec.feature_columns, *spec.categorical_columns]
     # Labels as text: a quarantined row's label may be a value outside the classes' type.

@@ -5,7 +5,8 @@ A task holds one candidate row: its id, day, reason and score, its current label
 feature (shown to the annotator as text) and, where there is one, the model's suggestion as a
 pre-annotation. The labeling interface is one single-choice question over the spec's
 classes. An annotation comes back as the row with the chosen label and its provenance
-(``rows.PROVENANCE``: task, annotator, time), the latest annotation of a task winning.
+(``rows.PROVENANCE``: task, annotator, time, reason), the latest annotation of a task
+winning.
 
 The client speaks Label Studio's REST API with an API token (``Authorization: Token …``);
 the token is sent in that header only and never appears in a message or a log.
@@ -135,6 +136,7 @@ def annotation_rows(
                 PROVENANCE[0]: str(task["id"]),
                 PROVENANCE[1]: annotator(latest),
                 PROVENANCE[2]: latest.get("updated_at") or latest["created_at"],
+                PROVENANCE[3]: data["reason"],
             }
         )
     return pl.DataFrame(rows, infer_schema_length=None), last

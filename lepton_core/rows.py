@@ -26,11 +26,14 @@ from lepton_core.spec import DatasetSpec
 SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
 PARSE_ERRORS = "_parse_errors"
-# An annotation batch: a landing file named ``annotations-*`` holds corrected rows (the
-# spec's columns) and who corrected each, in the provenance columns; its rows supersede
-# the earlier rows of the same ids (see validation and ``data.build_dataset``).
+# An annotation batch: a landing file named ``annotations-*`` holds annotated rows (the
+# spec's columns) and, in the provenance columns, the task, who annotated it, when, and why
+# the row was reviewed. A reviewed row of the data corrects the earlier row of its id (see
+# validation and ``data.build_dataset``); a reviewed served row (``NEW_ROW_REASONS``) is a
+# new row.
 ANNOTATION_PREFIX = "annotations-"
-PROVENANCE = ("annotation_task", "annotator", "annotated_at")
+PROVENANCE = ("annotation_task", "annotator", "annotated_at", "annotation_reason")
+NEW_ROW_REASONS = ("unsure_served",)
 
 
 def is_annotation_file(name: str) -> bool:

@@ -87,6 +87,14 @@ def test_quarantined_labels_and_unsure_served_rows_are_candidates_too():
     assert by["quarantined_label"]["id"].to_list() == ["r000", "r002"]
     assert by["quarantined_label"]["grade"].to_list() == ["medium", "high"]
     assert by["unsure_served"].height == 5  # the least sure 5 % of 100 served rows
+    served_ids = by["unsure_served"]["id"].to_list()  # requests carry no id: a digest is one
+    assert len(set(served_ids)) == 5 and all(i.startswith("served-") for i in served_ids)
+    assert (
+        served_ids
+        == candidates(SPEC, frame, quarantine, served)[0]
+        .filter(pl.col("reason") == "unsure_served")["id"]
+        .to_list()
+    )
     assert by["unsure_served"]["score"].to_list() == [0.5, 0.49495, 0.4899, 0.48485, 0.4798]
     assert summary["by_reason"]["quarantined_label"] == 2
 
@@ -146,28 +154,34 @@ def test_annotation_rows_supersede_earlier_rows_and_keep_their_provenance(
     batch = earlier.with_columns(pl.Series("label", corrected).cast(pl.String))
     unknown = earlier.head(1).with_columns(pl.lit("digits-none").alias("sample_id"))
     outside = accepted.slice(2, 1).with_columns(pl.lit("eleven").alias("label"))
-    rows = pl.concat([batch, unknown.cast({"label": pl.String}), outside])
+    # A reviewed served row (its id a digest, as candidates make it) is a new row.
+    served = accepted.slice(3, 1).with_columns(pl.lit("served-0123456789abcdef").alias("sample_id"))
+    rows = pl.concat(
+        [batch, unknown.cast({"label": pl.String}), outside, served.cast({"label": pl.String})]
+    )
     rows = rows.with_columns(
-        pl.Series("annotation_task", ["11", "12", "13", "14"]),
+        pl.Series("annotation_task", ["11", "12", "13", "14", "15"]),
         pl.lit("ann@example.com").alias("annotator"),
         pl.lit("2026-01-07T10:00:00Z").alias("annotated_at"),
+        pl.Series("annotation_reason", ["likely_mislabeled"] * 4 + ["unsure_served"]),
     )
     landing.write_parquet(f"{third}/annotations-0001.parquet", rows)
     assert main(["ingest", "--day", third]) == 0
     validated = store.read_json(f"validated/{third}.json")
-    assert validated["annotated_rows"] == 2 and validated["check_passed"]
+    assert validated["annotated_rows"] == 3 and validated["check_passed"]
     quarantined = store.read_parquet(f"quarantine/{third}.parquet")
     assert quarantined["annotation_task"].to_list() == ["13", "14"]
     assert quarantined[FAILED_RULES].to_list()[0] == ["annotated_id_unknown(sample_id)"]
     assert "parse(label: Int64)" in quarantined[FAILED_RULES].to_list()[1]
 
     version, info = build_dataset(store, DIGITS_SPEC, accepted_partitions(store)[0])
-    assert info["annotations"] == {"rows": 2, "superseded": {first: 2}}
+    assert info["annotations"] == {"rows": 3, "superseded": {first: 2}}
     provenance = store.read_parquet(f"datasets/{version}/annotations.parquet")
-    assert provenance["annotation_task"].to_list() == ["11", "12"]
-    assert provenance["day"].to_list() == [third, third]
+    assert provenance["annotation_task"].to_list() == ["11", "12", "15"]
+    assert provenance["day"].to_list() == [third, third, third]
     frames = pl.concat([load_split(store, version, split) for split in ("train", "val", "test")])
     ids = earlier["sample_id"].to_list()
     now = frames.filter(pl.col("sample_id").is_in(ids)).sort("sample_id")
     assert now["label"].to_list() == [c for _, c in sorted(zip(ids, corrected, strict=True))]
     assert frames.height == sum(info["rows"].values()) and "annotator" not in frames.columns
+    assert frames.filter(pl.col("sample_id") == "served-0123456789abcdef").height == 1

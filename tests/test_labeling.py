@@ -53,7 +53,8 @@ def test_tasks_and_annotations_keep_values_and_escape_the_interface():
     ]}  # fmt: skip
     rows, last = annotation_rows([answered], spec, after=4)
     assert last == 6  # the cancelled one does not count
-    provenance = {"annotation_task": "41", "annotator": "2", "annotated_at": "t2"}
+    provenance = {"annotation_task": "41", "annotator": "2", "annotated_at": "t2",
+                  "annotation_reason": "likely_mislabeled"}  # fmt: skip
     assert rows.to_dicts() == [{"id": "7", "y": 'q"', "x": 1.5, "c": None, **provenance}]
     assert annotation_rows([answered], spec, after=6)[0].height == 0
 

@@ -17,7 +17,7 @@ from lepton_core.keys import (
     drift_reference_key,
     validated_key,
 )
-from lepton_core.rows import PROVENANCE
+from lepton_core.rows import NEW_ROW_REASONS, PROVENANCE
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 
@@ -48,12 +48,20 @@ def annotated(frame: pl.DataFrame) -> pl.Series:
     return frame[PROVENANCE[0]].is_not_null()
 
 
+def corrections(frame: pl.DataFrame) -> pl.Series:
+    """Which annotated rows correct an earlier row of their id (not a reviewed served row,
+    which is a new row)."""
+    if PROVENANCE[0] not in frame.columns:
+        return annotated(frame)
+    return annotated(frame) & ~frame[PROVENANCE[3]].is_in(NEW_ROW_REASONS).fill_null(False)
+
+
 def unknown_annotated_ids(
     index: IdIndex, store: ArtifactStore, spec: DatasetSpec, day: str, raw: pl.DataFrame
 ) -> list[int]:
     """Positions of the annotation rows whose id no other accepted day holds: a correction
     must correct a row that was accepted."""
-    mask = annotated(raw)
+    mask = corrections(raw)
     if not mask.any():
         return []
     seed_index(index, store, spec, day)
@@ -65,9 +73,9 @@ def unknown_annotated_ids(
 
 
 def day_ids(store: ArtifactStore, spec: DatasetSpec, day: str) -> list[str]:
-    """The ids a validated day holds (its annotation rows correct other days' ids)."""
+    """The ids a validated day holds (its corrections name other days' ids)."""
     frame = store.read_parquet(validated_key(day))
-    return frame.filter(~annotated(frame))[spec.id_column].cast(pl.String).to_list()
+    return frame.filter(~corrections(frame))[spec.id_column].cast(pl.String).to_list()
 
 
 def drift_reference(
