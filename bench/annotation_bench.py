@@ -9,7 +9,9 @@ core (``lepton_core.annotation.candidates``: cleanlab on 5-fold probabilities of
 model) ranks the day's rows; a reviewer then looks at the top-scored 10 % of all training
 rows (the review budget) and, as an annotator would, restores the label of every reviewed
 row that was flipped on purpose (the generator's own noise stays: the reviewer cannot tell
-it from the truth here).
+it from the truth here). The corrections go back as an annotation batch, a day of their
+own after the four, through the dataset build's superseding (as `annotation_sensor`'s files
+do once ingested and validated).
 
 Printed: precision (flipped rows among the reviewed) and recall (flipped rows reviewed,
 of all flipped) at that budget; the test accuracy of the churn model (its own factory,
@@ -28,7 +30,8 @@ import polars as pl
 from tuning_bench import Runs, churn, dataset  # pyright: ignore[reportMissingImports]
 
 from lepton_core.annotation import candidates
-from lepton_core.data import SPLIT_COLUMN, assign_splits
+from lepton_core.data import SPLIT_COLUMN, assign_splits, build_dataset, read_dataset_info
+from lepton_core.rows import PROVENANCE
 from lepton_core.spec import Project
 from lepton_core.store import ArtifactStore
 
@@ -88,22 +91,33 @@ def review(days: list[pl.DataFrame], project: Project, flipped: set[str]) -> tup
     }, caught
 
 
-def corrected(noisy: list, original: list, caught: set, project: Project) -> list:
-    """The flipped days with the caught rows' labels restored (what the annotator lands)."""
+def annotation_batch(original: list, caught: set, project: Project) -> pl.DataFrame:
+    """What the annotator lands: each caught row with its label restored, with provenance."""
     spec = project.dataset
-    return [
-        n.with_columns(
-            pl.when(pl.col(spec.id_column).is_in(list(caught)))
-            .then(o[spec.label_column])
-            .otherwise(pl.col(spec.label_column))
-            .alias(spec.label_column)
-        )
-        for n, o in zip(noisy, original, strict=True)
-    ]
+    rows = pl.concat([o.filter(pl.col(spec.id_column).is_in(list(caught))) for o in original])
+    return rows.with_columns(
+        pl.int_range(1, pl.len() + 1).cast(pl.String).alias(PROVENANCE[0]),
+        pl.lit("bench").alias(PROVENANCE[1]),
+        pl.lit("2026-01-05T00:00:00Z").alias(PROVENANCE[2]),
+        pl.lit("likely_mislabeled").alias(PROVENANCE[3]),
+    )
 
 
-def accuracy(store: ArtifactStore, project: Project, days: list, seeds: int) -> dict:
-    runs = Runs(store, project, dataset(store, project, days))
+def with_batch(store: ArtifactStore, project: Project, days: list, batch: pl.DataFrame) -> dict:
+    """The noisy days and, as the next day, the annotation batch: the dataset build lets
+    its rows supersede the flipped ones (``data.annotations_in_force``)."""
+    manifests = []
+    for i, frame in enumerate([*days, batch]):
+        day = f"2026-01-0{i + 1}"
+        digest = store.write_parquet(f"validated/{day}.parquet", frame)
+        annotated = frame.height if frame is batch else 0
+        manifests.append({"partition": day, "sha256": digest, "annotated_rows": annotated})
+    version, info = build_dataset(store, project.dataset, manifests)
+    return read_dataset_info(store, version)
+
+
+def accuracy(store: ArtifactStore, project: Project, info: dict, seeds: int) -> dict:
+    runs = Runs(store, project, info)
     scores = []
     for seed in range(seeds):
         settings = project.training.model_copy(update={"seed": seed})
@@ -122,15 +136,18 @@ def main() -> None:
     print("review", json.dumps(figures), flush=True)
     report: dict = {"review": figures}
     # Test rows keep their labels in every variant: only training labels were flipped.
-    variants = {
-        "flipped": noisy,
-        "corrected": corrected(noisy, days, caught, project),
-        "before_flipping": days,
+    batch = annotation_batch(days, caught, project)
+    builds = {
+        "flipped": lambda store: dataset(store, project, noisy),
+        "corrected": lambda store: with_batch(store, project, noisy, batch),
+        "before_flipping": lambda store: dataset(store, project, days),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for name, frames in variants.items():
+        for name, build in builds.items():
             store = ArtifactStore(f"file://{tmp}/{name}")
-            report[name] = accuracy(store, project, frames, args.seeds)
+            info = build(store)
+            report[name] = accuracy(store, project, info, args.seeds)
+            report[name]["annotations"] = info.get("annotations")
             print(name, json.dumps(report[name]), flush=True)
     report["corrected_minus_flipped_points"] = round(
         100 * (report["corrected"]["test_accuracy"] - report["flipped"]["test_accuracy"]), 2
