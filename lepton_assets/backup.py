@@ -54,6 +54,11 @@ ACTIVE = (
 )
 
 
+# A database's write-ahead log, shared memory and rollback journal: the online backup's copy
+# already holds what they do, and a stale journal beside a restored copy would be replayed.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 class BackupError(ValueError):
     """A backup or restore that cannot go on; says why and what to do."""
 
@@ -71,10 +76,12 @@ def is_data(key: str) -> bool:
 
 
 def copy_sqlite(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite database, even one another process has open."""
+    """A consistent copy of a SQLite database, even one another process has open. Opened
+    for writing, as any user of it would: a journal an interrupted writer left is rolled back
+    first (read-only, SQLite refuses such a database)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with (
-        contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
+        contextlib.closing(sqlite3.connect(source)) as src,
         contextlib.closing(sqlite3.connect(target)) as dst,
     ):
         src.backup(dst)
@@ -116,7 +123,7 @@ class Writer:
         bytes) when ``data`` is "reference"."""
         referenced = {}
         for key, (size, _) in sorted(store.files("").items()):
-            if key.startswith(".tmp-") or "/.tmp-" in key:
+            if key.startswith(".tmp-") or "/.tmp-" in key or key.endswith(SQLITE_SIDE_FILES):
                 continue
             if data == "reference" and (folder == "landing" or is_data(key)):
                 referenced[key] = size
@@ -131,7 +138,7 @@ class Writer:
             name = f"dagster/home/{path.relative_to(home).as_posix()}"
             if path.suffix == ".db":
                 self.add(name, lambda t, p=path: copy_sqlite(p, t))
-            elif not path.name.endswith(("-wal", "-shm", "-journal")):
+            elif not path.name.endswith(SQLITE_SIDE_FILES):
                 self.add(name, lambda t, p=path: shutil.copyfile(p, t))
 
 

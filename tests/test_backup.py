@@ -65,6 +65,9 @@ def test_data_by_reference_is_named_not_copied_and_restored_from_its_store(
     ingested: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
     backup = ingested.parent / "backup"
+    # A rollback journal left beside the index: replayed over a restored copy, it would undo
+    # what the online backup copied, so it is not taken.
+    (ingested / "artifacts" / "index" / "ids.sqlite-journal").write_bytes(b"stale")
     assert main(["backup", str(backup), "--data", "reference"]) == 0
     manifest = json.loads((backup / "manifest.json").read_text())
     day = DEMO_END.isoformat()
@@ -75,6 +78,7 @@ def test_data_by_reference_is_named_not_copied_and_restored_from_its_store(
     assert not any(name.endswith(".parquet") for name in manifest["files"])
     assert f"artifacts/raw/{day}.json" in manifest["files"]  # metadata is copied
     assert "artifacts/index/ids.sqlite" in manifest["files"]
+    assert "artifacts/index/ids.sqlite-journal" not in manifest["files"]
     # Restored into another home: the data comes from the store it was referenced in.
     original = ArtifactStore(f"file://{ingested / 'artifacts'}")
     fresh = ingested.parent / "fresh"
