@@ -23,11 +23,10 @@ from lepton_assets.partitions import daily_partitions_def
 from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.id_index import IdIndex
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
-from lepton_core.rows import SOURCE_FILE, SOURCE_ROW
+from lepton_core.rows import SOURCE_FILE, SOURCE_ROW, annotated
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 from lepton_core.validation.batch_checks import (
-    annotated,
     corrections,
     drift_reference,
     ids_in_other_days,

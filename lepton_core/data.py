@@ -42,7 +42,7 @@ from lepton_core.keys import (
     shard_prefix,
     validated_key,
 )
-from lepton_core.rows import PROVENANCE
+from lepton_core.rows import PROVENANCE, annotated
 from lepton_core.sketch import NumberSketch, numeric_statistics
 from lepton_core.spec import Classes, DatasetSpec
 from lepton_core.store import ArtifactStore
@@ -355,16 +355,16 @@ def annotations_in_force(
     kept: list[pl.DataFrame] = []
     for manifest in reversed(ordered):
         day = manifest["partition"]
-        annotated = bool(manifest.get("annotated_rows"))
-        if not (later or annotated):
+        has_batch = bool(manifest.get("annotated_rows"))
+        if not (later or has_batch):
             superseded[day] = set()
             continue
-        columns = [spec.id_column, *([spec.label_column, *PROVENANCE] if annotated else [])]
+        columns = [spec.id_column, *([spec.label_column, *PROVENANCE] if has_batch else [])]
         frame = store.read_parquet(validated_key(day), columns=columns)
         frame = frame.with_columns(pl.col(spec.id_column).cast(pl.String))
         superseded[day] = set(frame[spec.id_column].to_list()) & later
-        if annotated:
-            rows = frame.filter(pl.col(PROVENANCE[0]).is_not_null())
+        if has_batch:
+            rows = frame.filter(annotated(frame))
             rows = rows.filter(~pl.col(spec.id_column).is_in(list(later)))
             kept.append(rows.with_columns(pl.lit(day).alias("day")))
             later |= set(rows[spec.id_column].to_list())

@@ -40,6 +40,13 @@ def is_annotation_file(name: str) -> bool:
     return name.rsplit("/", 1)[-1].startswith(ANNOTATION_PREFIX)
 
 
+def annotated(frame: pl.DataFrame) -> pl.Series:
+    """Which rows come from an annotation batch (they carry provenance)."""
+    if PROVENANCE[0] not in frame.columns:
+        return pl.Series([False] * frame.height, dtype=pl.Boolean)
+    return frame[PROVENANCE[0]].is_not_null()
+
+
 class IngestionError(Exception):
     """A landing file could not be ingested; the message names the file and the reason."""
 

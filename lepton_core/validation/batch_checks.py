@@ -17,7 +17,7 @@ from lepton_core.keys import (
     drift_reference_key,
     validated_key,
 )
-from lepton_core.rows import NEW_ROW_REASONS, PROVENANCE
+from lepton_core.rows import NEW_ROW_REASONS, PROVENANCE, annotated
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 
@@ -39,13 +39,6 @@ def ids_in_other_days(
     repeats. Annotation rows are not among ``ids``: they correct ids other days hold."""
     seed_index(index, store, spec, day)
     return index.claim(day, ids.cast(pl.String).to_list(), accept=accept)
-
-
-def annotated(frame: pl.DataFrame) -> pl.Series:
-    """Which rows come from an annotation batch (they carry provenance)."""
-    if PROVENANCE[0] not in frame.columns:
-        return pl.Series([False] * frame.height, dtype=pl.Boolean)
-    return frame[PROVENANCE[0]].is_not_null()
 
 
 def corrections(frame: pl.DataFrame) -> pl.Series:
