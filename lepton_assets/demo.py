@@ -10,7 +10,6 @@ from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
-from sklearn.datasets import load_digits
 
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
@@ -18,6 +17,8 @@ from lepton_core.store import ArtifactStore
 
 def digits_frame() -> pl.DataFrame:
     """All digits as one frame in the demo's landing schema (ids ``digits-0000`` …)."""
+    from sklearn.datasets import load_digits  # a second to import: only the demo needs it
+
     images, targets = (np.asarray(a) for a in load_digits(return_X_y=True))
     spec = DIGITS_SPEC
     data = {

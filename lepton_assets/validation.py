@@ -23,7 +23,7 @@ from lepton_assets.partitions import daily_partitions_def
 from lepton_core.drift import drift, drift_verdict, unseen_categories
 from lepton_core.id_index import IdIndex
 from lepton_core.keys import quarantine_key, raw_key, validated_key, validated_manifest_key
-from lepton_core.rows import SOURCE_FILE, SOURCE_ROW, annotated
+from lepton_core.rows import FAILED_RULES, SOURCE_FILE, SOURCE_ROW, annotated
 from lepton_core.spec import DatasetSpec
 from lepton_core.store import ArtifactStore
 from lepton_core.validation.batch_checks import (
@@ -31,15 +31,6 @@ from lepton_core.validation.batch_checks import (
     drift_reference,
     ids_in_other_days,
     unknown_annotated_ids,
-)
-from lepton_core.validation.suite import (
-    FAILED_RULES,
-    build_suite,
-    data_docs_html,
-    row_failures,
-    run_suite,
-    split_by_failures,
-    table_failures,
 )
 from resources.artifact_store import ArtifactStoreResource
 from resources.expectations import ExpectationsResource
@@ -91,6 +82,10 @@ def validated_batches(
     lost. The blocking check fails the partition when the schema is wrong or too many rows
     were quarantined.
     """
+    # GX takes seconds to import: imported here, by the one step that runs it, not by the code
+    # server and every other step's process.
+    from lepton_core.validation.suite import build_suite, run_suite
+
     spec = project.get_spec()
     store = artifacts.get_store()
     day = context.partition_key
@@ -116,6 +111,13 @@ def validate_day(
 ) -> dg.MaterializeResult:
     """Split the day by the suite's ``result`` (and the annotation rule), write both parts,
     claim the day's ids, and report."""
+    from lepton_core.validation.suite import (
+        data_docs_html,
+        row_failures,
+        split_by_failures,
+        table_failures,
+    )
+
     day = context.partition_key
     failures = row_failures(result)
     # An annotation row must correct an accepted row: one naming an unknown id is quarantined

@@ -21,13 +21,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from lepton_core.rows import FAILED_RULES
 from lepton_core.spec import DatasetSpec
-from lepton_core.validation.suite import FAILED_RULES
 
 FOLDS = 5
 REASON, SCORE, SUGGESTION = "reason", "score", "suggestion"
@@ -59,6 +55,13 @@ def label_issue_rows(frame: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFra
     counts = np.bincount(y, minlength=len(classes))
     if (counts[counts > 0] < FOLDS).any() or (counts > 0).sum() < 2:
         return frame.clear(), f"too few rows per class for {FOLDS}-fold probabilities: {counts}"
+    # Imported here: scikit-learn and cleanlab take a second or two, and only this step
+    # needs them (not the code server, nor every step that loads the definitions).
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
     x, categorical = feature_matrix(frame, spec)
     model = HistGradientBoostingClassifier(
         categorical_features=categorical,  # pyright: ignore[reportArgumentType]  (a bool mask)

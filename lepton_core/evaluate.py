@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from lepton_core.compress import latency_ms
 from lepton_core.data import load_split, target_values
@@ -67,6 +66,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> f
 
 def classification_metrics(scores: torch.Tensor, target: torch.Tensor, classes: list):
     """Metrics of class probabilities against class indices; classes are named by label."""
+    # scikit-learn takes a second to import: here, not in every process that loads the module.
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
     probabilities = scores.numpy()
     predicted = probabilities.argmax(1)
     truth = target.numpy()

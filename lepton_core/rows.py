@@ -26,6 +26,7 @@ from lepton_core.spec import DatasetSpec
 SOURCE_FILE = "_source_file"
 SOURCE_ROW = "_source_row"
 PARSE_ERRORS = "_parse_errors"
+FAILED_RULES = "_failed_rules"  # a quarantined row's broken rules
 # An annotation batch: a landing file named ``annotations-*`` holds annotated rows (the
 # spec's columns) and, in the provenance columns, the task, who annotated it, when, and why
 # the row was reviewed. A reviewed row of the data corrects the earlier row of its id (see

@@ -5,7 +5,7 @@ or ``Definitions``. The suite and both engines live in ``lepton_core.validation`
 import dagster as dg
 from pydantic import Field
 
-from lepton_core.validation.suite import Engine
+from lepton_core.validation import Engine
 
 
 class ExpectationsResource(dg.ConfigurableResource):

@@ -14,9 +14,9 @@ from lepton_assets.definitions import defs
 from lepton_assets.demo import seed_landing
 from lepton_core.annotation import candidates
 from lepton_core.data import accepted_partitions, build_dataset, load_split
+from lepton_core.rows import FAILED_RULES
 from lepton_core.spec import DIGITS_SPEC, DatasetSpec
 from lepton_core.store import ArtifactStore
-from lepton_core.validation.suite import FAILED_RULES
 
 from .conftest import DEMO_END
 

@@ -1,4 +1,5 @@
-"""The ML core is Dagster-free: what a Horovod rank imports loads neither Dagster nor GX."""
+"""The ML core is Dagster-free: what a Horovod rank imports loads neither Dagster nor GX; and
+what every Dagster process loads leaves the slow imports to the steps that need them."""
 
 import json
 import subprocess
@@ -42,3 +43,11 @@ def test_a_training_rank_and_the_core_import_no_dagster_and_no_gx():
 def test_validation_in_the_core_runs_gx_without_dagster():
     top_level = imported("lepton_core.validation.suite", "lepton_core.validation.batch_checks")
     assert "great_expectations" in top_level and "dagster" not in top_level
+
+
+def test_loading_the_definitions_leaves_gx_and_scikit_learn_to_the_steps_that_run_them():
+    """Every code server, run worker and step process loads the definitions: GX, scikit-learn
+    and cleanlab (seconds to import) wait for validation, evaluation and annotation."""
+    top_level = imported("lepton_assets.definitions", "lepton_assets.cli")
+    assert "dagster" in top_level
+    assert not top_level & {"great_expectations", "sklearn", "cleanlab"}, sorted(top_level)

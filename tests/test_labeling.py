@@ -20,9 +20,9 @@ from lepton_assets.cli import main
 from lepton_assets.definitions import defs
 from lepton_assets.demo import seed_landing
 from lepton_core.labeling import LabelStudio, annotation_rows, label_config, task_of
+from lepton_core.rows import FAILED_RULES
 from lepton_core.spec import DIGITS_SPEC, DatasetSpec
 from lepton_core.store import ArtifactStore
-from lepton_core.validation.suite import FAILED_RULES
 from resources.label_studio import LabelStudioResource
 from resources.landing_zone import LandingZoneResource
 from resources.project import ProjectResource

@@ -5,3 +5,8 @@ at Polars speed where ``polars_engine`` covers an expectation), ``suite.row_fail
 and ``batch_checks`` (ids seen in other days, the drift reference). Nothing a training rank,
 ``lepton predict`` or a server imports comes from here, so they never load GX.
 """
+
+from typing import Literal
+
+# Which engine runs a suite (``suite.run_suite``); here, so that naming it loads no GX.
+Engine = Literal["polars", "pandas"]

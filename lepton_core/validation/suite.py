@@ -10,7 +10,7 @@ whole suite on GX's own engine, the reference the Polars path is tested against)
 import html
 from collections import defaultdict
 from copy import copy
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import great_expectations as gx
 import polars as pl
@@ -27,11 +27,9 @@ from great_expectations.expectations.registry import get_expectation_impl
 from great_expectations.render.renderer import ValidationResultsPageRenderer
 from great_expectations.render.view import DefaultJinjaPageView
 
-from lepton_core.rows import PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW
+from lepton_core.rows import FAILED_RULES, PARSE_ERRORS, SOURCE_FILE, SOURCE_ROW
 from lepton_core.spec import DatasetSpec
-from lepton_core.validation import polars_engine
-
-FAILED_RULES = "_failed_rules"  # a quarantined row's broken rules
+from lepton_core.validation import Engine, polars_engine
 
 
 def build_suite(spec: DatasetSpec) -> gx.ExpectationSuite:
@@ -117,9 +115,6 @@ def table_failures(result: ExpectationSuiteValidationResult) -> list[str]:
         for r in result.results
         if not r.success and (r.result or {}).get("unexpected_index_list") is None
     ]
-
-
-Engine = Literal["polars", "pandas"]
 
 
 def run_suite(
