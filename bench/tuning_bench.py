@@ -8,15 +8,19 @@ below is the Horovod worker's (``train_worker.train``) in this one process (np=1
 cost epochs, not launches.
 
 1. Tuning: an Optuna study (TPE, seeded) over learning rate and batch size (and the churn
-   factory's ``hidden``) with Hyperband pruning, ``--trials`` trials of at most 15 epochs
-   (the resource Hyperband allots, so not searched; early stopping as the project sets it).
-   Its budget is the epochs all its trials ran ("trial-epochs"). The default configuration
-   gets the same budget as its most epochs (early stopping as the project sets it); the best
-   configuration is trained again as ``trained_model`` would. Printed: test accuracy of each.
-2. Pruning: the same study without pruning (same sampler seed, so the same first
-   configurations). Printed: the trial-epochs each spent until its best-so-far first reached
-   the unpruned study's best validation score, and the best score both reached (the worse of
-   the two bests) (goal: pruned at most half); and each study's total.
+   factory's ``hidden``) with Hyperband pruning, trials of at most 15 epochs (the resource
+   Hyperband allots, so not searched; early stopping as the project sets it): the pruned
+   study of seed 0 below. Its budget is the epochs all its trials ran ("trial-epochs"). The
+   default configuration gets the same budget as its most epochs (early stopping as the
+   project sets it); the best configuration is trained again as ``trained_model`` would.
+   Printed: test accuracy of each.
+2. Pruning, over ``--seeds`` training seeds: the study without pruning runs ``--trials``
+   trials; then the study with Hyperband (the same sampler seed, so the same first
+   configurations) runs a trial at a time until its best reaches the unpruned study's best
+   validation score, or it has spent as many trial-epochs as the unpruned study did in all.
+   Printed per seed: the trial-epochs each study spent until its best-so-far first reached
+   that score, their ratio, and each study's trials and total; and the median ratio (goal:
+   at most half; a seed whose pruned study never reached it counts as infinite).
 3. Distillation, over ``--seeds`` seeds: the teacher (the default configuration), the
    student alone (the default student: the teacher's network at a quarter of its widths,
    trained on the labels only), and the distilled student (the same network taught by the
@@ -27,10 +31,13 @@ cost epochs, not launches.
 """
 
 import argparse
+import copy
+import itertools
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 import horovod.torch as hvd
@@ -87,14 +94,20 @@ class Runs:
     """Training jobs of one dataset through the worker, each under a fresh prefix."""
 
     def __init__(self, store: ArtifactStore, project: Project, info: dict[str, Any]) -> None:
-        self.store, self.project, self.info, self.count = store, project, info, 0
+        self.store, self.project, self.info = store, project, info
+        self.numbers = itertools.count(1)  # shared by copies: every run its own prefix
         self.task = task_of(project.dataset.task)
         self.test = load_tensors(store, info["version"], "test")
         self.unit = target_scaling(info["preprocessing"])[1]
 
+    def with_project(self, project: Project) -> "Runs":
+        """The same dataset and store, another project (its training settings, say)."""
+        runs = copy.copy(self)
+        runs.project = project
+        return runs
+
     def job(self, project: Project, settings: TrainingSettings, **extra: Any) -> dict[str, Any]:
-        self.count += 1
-        prefix = f"bench/{project.dataset.name}/run{self.count}"
+        prefix = f"bench/{project.dataset.name}/run{next(self.numbers)}"
         return worker_job(settings, model_description(project, self.info), prefix, **extra)
 
     def train(self, job: dict[str, Any]) -> str:
@@ -106,8 +119,11 @@ class Runs:
         return metric(model, *self.test, self.task, self.unit)
 
 
-def study(runs: Runs, url: str, name: str, space: dict, trials: int, pruner: str) -> optuna.Study:
-    settings = TuningSettings.model_validate({"space": space, "trials": trials, "pruner": pruner})
+def study(
+    runs: Runs, url: str, name: str, space: dict, pruner: str
+) -> tuple[optuna.Study, Callable[[int], None]]:
+    """The study ``name`` and a function running it up to a number of trials."""
+    settings = TuningSettings.model_validate({"space": space, "pruner": pruner})
     storage = tuning.storage(url, 60)
     epochs = tuning.max_epochs(settings, runs.project.training)
     found = tuning.open_study(storage, name, runs.task, settings, epochs)
@@ -122,8 +138,15 @@ def study(runs: Runs, url: str, name: str, space: dict, trials: int, pruner: str
             raise tuning.TrialPruned()
         return outcome["value"]
 
-    tuning.run_study(found, storage, 60, settings.space, trials, 3600, trial_run, lambda _: None)
-    return found
+    def run(trials: int) -> None:
+        quiet = lambda _: None  # noqa: E731
+        tuning.run_study(found, storage, 60, settings.space, trials, 3600, trial_run, quiet)
+
+    return found, run
+
+
+def trial_epochs(found: optuna.Study) -> int:
+    return sum(len(t.intermediate_values) for t in found.get_trials())
 
 
 def epochs_to_reach(found: optuna.Study, target: float, higher: bool) -> int | None:
@@ -136,12 +159,46 @@ def epochs_to_reach(found: optuna.Study, target: float, higher: bool) -> int | N
     return None
 
 
-def tune(runs: Runs, url: str, space: dict, trials: int) -> dict[str, Any]:
-    name = runs.project.dataset.name
-    pruned = study(runs, url, f"{name}-hyperband", space, trials, "hyperband")
-    plain = study(runs, url, f"{name}-none", space, trials, "none")
-    higher = runs.task.higher_is_better
-    budget = sum(len(t.intermediate_values) for t in pruned.get_trials())
+def pruning(
+    runs: Runs, url: str, space: dict, trials: int, seed: int
+) -> tuple[dict[str, Any], optuna.Study]:
+    """The unpruned study's ``trials`` trials, then the pruned study (the same sampler seed,
+    so the same first configurations) a trial at a time until its best reaches the unpruned
+    study's best validation score, or it has spent as many trial-epochs as the unpruned study
+    did in all. Training seed ``seed`` for both."""
+    training = runs.project.training.model_copy(update={"seed": seed})
+    runs = runs.with_project(runs.project.model_copy(update={"training": training}))
+    name, higher = f"{runs.project.dataset.name}-seed{seed}", runs.task.higher_is_better
+    plain, run_plain = study(runs, url, f"{name}-none", space, "none")
+    run_plain(trials)
+    target, total = plain.best_value, trial_epochs(plain)
+    pruned, run_pruned = study(runs, url, f"{name}-hyperband", space, "hyperband")
+    count = 0
+    while epochs_to_reach(pruned, target, higher) is None and trial_epochs(pruned) < total:
+        count += 1
+        run_pruned(count)
+    unpruned = epochs_to_reach(plain, target, higher)
+    assert unpruned is not None  # a study reaches its own best
+    spent = {"pruned": epochs_to_reach(pruned, target, higher), "unpruned": unpruned}
+    summary = {
+        "seed": seed,
+        "best_val_unpruned": target,
+        "best_val_pruned": pruned.best_value,
+        "trials_unpruned": len(plain.get_trials()),
+        "trials_pruned": len(pruned.get_trials()),
+        "epochs_total_unpruned": total,
+        "epochs_total_pruned": trial_epochs(pruned),
+        "epochs_to_unpruned_best": spent,
+        "ratio": None if spent["pruned"] is None else round(spent["pruned"] / unpruned, 3),
+    }
+    return summary, pruned
+
+
+def tune(runs: Runs, url: str, space: dict, trials: int, seeds: int) -> dict[str, Any]:
+    outcomes = [pruning(runs, url, space, trials, seed) for seed in range(seeds)]
+    studies, pruned = [summary for summary, _ in outcomes], outcomes[0][1]
+    ratios = [s["ratio"] if s["ratio"] is not None else float("inf") for s in studies]
+    budget = trial_epochs(pruned)
     default = runs.project.training
     default_prefix = runs.train(
         runs.job(runs.project, default.model_copy(update={"epochs": budget}))
@@ -149,24 +206,13 @@ def tune(runs: Runs, url: str, space: dict, trials: int) -> dict[str, Any]:
     best = tuning.params_of(pruned.best_trial, pruned_space(space))
     training, model = tuning.apply(best, default, runs.project.model_ref)
     tuned_prefix = runs.train(runs.job(runs.project.model_copy(update={"model": model}), training))
-    target = plain.best_value
-    # The best score both studies reached: the worse of their two bests.
-    common = min(target, pruned.best_value) if higher else max(target, pruned.best_value)
     return {
         "budget_trial_epochs": budget,
         "default_test": round(runs.test_metric(default_prefix), 4),
         "tuned_test": round(runs.test_metric(tuned_prefix), 4),
         "tuned_params": best,
-        "states_pruned_study": [t.state.name for t in pruned.get_trials()],
-        "best_val_pruned": pruned.best_value,
-        "best_val_unpruned": target,
-        "epochs_to_unpruned_best_pruned": epochs_to_reach(pruned, target, higher),
-        "epochs_to_unpruned_best_unpruned": epochs_to_reach(plain, target, higher),
-        "common_best": common,
-        "epochs_to_common_best_pruned": epochs_to_reach(pruned, common, higher),
-        "epochs_to_common_best_unpruned": epochs_to_reach(plain, common, higher),
-        "epochs_total_pruned": budget,
-        "epochs_total_unpruned": sum(len(t.intermediate_values) for t in plain.get_trials()),
+        "pruning": studies,
+        "median_ratio_to_unpruned_best": median(ratios),
     }
 
 
@@ -239,7 +285,7 @@ def main() -> None:
             store = ArtifactStore(f"file://{tmp}/{name}")
             runs = Runs(store, project, dataset(store, project, days))
             report[name] = {
-                "tuning": tune(runs, url, space, args.trials),
+                "tuning": tune(runs, url, space, args.trials, args.seeds),
                 "distillation": distill(runs, args.seeds, args.distill_epochs),
             }
             print(name, json.dumps(report[name], indent=1), flush=True)
