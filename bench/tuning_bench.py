@@ -139,8 +139,9 @@ def study(
         return outcome["value"]
 
     def run(trials: int) -> None:
-        quiet = lambda _: None  # noqa: E731
-        tuning.run_study(found, storage, 60, settings.space, trials, 3600, trial_run, quiet)
+        tuning.run_study(
+            found, storage, 60, settings.space, trials, 3600, trial_run, lambda _: None
+        )
 
     return found, run
 
@@ -173,10 +174,8 @@ def pruning(
     run_plain(trials)
     target, total = plain.best_value, trial_epochs(plain)
     pruned, run_pruned = study(runs, url, f"{name}-hyperband", space, "hyperband")
-    count = 0
     while epochs_to_reach(pruned, target, higher) is None and trial_epochs(pruned) < total:
-        count += 1
-        run_pruned(count)
+        run_pruned(len(pruned.get_trials()) + 1)  # one trial more
     unpruned = epochs_to_reach(plain, target, higher)
     assert unpruned is not None  # a study reaches its own best
     spent = {"pruned": epochs_to_reach(pruned, target, higher), "unpruned": unpruned}
