@@ -152,7 +152,7 @@ def encode_categorical(
         .cast(pl.Int64)
         for c in columns
     )
-    return torch.from_numpy(codes.to_numpy().astype("int64"))
+    return torch.from_numpy(codes.to_numpy(order="c", writable=True))
 
 
 def encode_images(frame: pl.DataFrame, shape: list[int]) -> torch.Tensor:
@@ -167,8 +167,10 @@ def encode_inputs(
     """The model's input tensors for ``frame``, in ``spec.input_names`` order."""
     inputs = []
     if spec.feature_columns:
-        numeric = frame.select(pl.col(spec.feature_columns).cast(pl.Float64)).to_numpy()
-        inputs.append(torch.from_numpy(numeric.astype("float32")))
+        # float64 first, then float32, as numpy's astype did: a large integer casts otherwise
+        # straight to float32. In row order (C): a batch is one contiguous block to copy.
+        numeric = pl.col(spec.feature_columns).cast(pl.Float64).cast(pl.Float32)
+        inputs.append(torch.from_numpy(frame.select(numeric).to_numpy(order="c", writable=True)))
     if spec.categorical_columns:
         inputs.append(
             encode_categorical(frame, spec.categorical_columns, preprocessing["categorical"])

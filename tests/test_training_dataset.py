@@ -1,11 +1,13 @@
 import polars as pl
 import pytest
+import torch
 
 from lepton_core.data import (
     SPLIT_COLUMN,
     UNKNOWN,
     assign_splits,
     encode_categorical,
+    encode_inputs,
     fit_preprocessing,
 )
 from lepton_core.spec import DatasetSpec
@@ -79,6 +81,16 @@ def test_unseen_and_null_categories_go_to_the_unknown_bucket():
     frame = pl.DataFrame({"city": ["Oslo", "Tromsø", None, "Bergen"]})
     codes = encode_categorical(frame, ["city"], {"city": ["Bergen", "Oslo"]})
     assert codes.flatten().tolist() == [2, UNKNOWN, UNKNOWN, 1]
+
+
+def test_numeric_inputs_are_float32_in_row_order_cast_through_float64():
+    big = 2**60 + 2**36 + 1  # float32 straight from int64 would round up, to 2**60 + 2**37
+    frame = pl.DataFrame({"n": [big, 2**24 + 1, -3], "x": [0.5, None, float("nan")]})
+    spec = SPEC.model_copy(update={"feature_columns": ["n", "x"], "categorical_columns": []})
+    (numeric,) = encode_inputs(frame, spec, {})
+    assert numeric.dtype == torch.float32 and numeric.is_contiguous()
+    assert numeric[:, 0].tolist() == [2.0**60, 2.0**24, -3.0]
+    assert numeric[0, 1].item() == 0.5 and numeric[1:, 1].isnan().all()
 
 
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift():
