@@ -152,7 +152,7 @@ def epoch_cost(uri: str, version: str, arch: str) -> dict[str, tuple[float, floa
     """(seconds, seconds waiting for batches) of one training epoch over the whole train split,
     one process, every core, fed from memory (loaded before the clock starts), by the stream
     in the training process, and by the stream's one worker process (started, and the stream
-    read once, before the clock); the faster of ``ROUNDS`` alternating tries of each."""
+    read once, before the clock); the fastest of ``ROUNDS`` alternating tries of each."""
     torch.set_num_threads(CORES)
     store = ArtifactStore(uri)
     info = read_dataset_info(store, version)
