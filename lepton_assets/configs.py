@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from lepton_core.spec import CompressionSettings, EvaluationSettings, Project, TrainingSettings
+from resources.horovod_launcher import HorovodLauncherResource
 
 
 def optional_config(settings: type[BaseModel], name: str, doc: str) -> type[dg.Config]:
@@ -50,6 +51,12 @@ EvaluationConfig = optional_config(
 
 S = typing.TypeVar("S", bound=BaseModel)
 
+# The resources whose fields a run's config may set (the others take the deployment's
+# settings only); checked with the ops' knobs before any work.
+CONFIGURED_RESOURCES: dict[str, type[dg.ConfigurableResource]] = {
+    "horovod": HorovodLauncherResource,
+}
+
 
 # The ops that take run config, and the project's section each one's knobs override.
 CONFIGURED_OPS = {
@@ -65,10 +72,28 @@ def merged(project_value: S, values: dict[str, Any], op: str) -> tuple[S | None,
     try:
         return type(project_value).model_validate({**project_value.model_dump(), **values}), []
     except ValidationError as exc:
-        return None, [
-            f"{op}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        ]
+        return None, described(exc, op)
+
+
+def described(exc: ValidationError, prefix: str) -> list[str]:
+    """Each error as ``prefix.field: reason (got value)``."""
+    return [
+        f"{prefix}.{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
+    ]
+
+
+def resource_problems(run_config: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the run config of the resources a run may configure (the Horovod
+    launcher's hosts, interfaces, key path and rank variables have strict patterns)."""
+    problems = []
+    for key, resource in CONFIGURED_RESOURCES.items():
+        values = ((run_config.get("resources") or {}).get(key) or {}).get("config") or {}
+        try:
+            resource(**values)
+        except ValidationError as exc:
+            problems += described(exc, f"resources.{key}")
+    return problems
 
 
 def refuse(problems: list[str]) -> None:
@@ -89,7 +114,7 @@ def effective(project_value: S, config: dg.Config, op: str) -> S:
 
 
 def check_run_config(run_config: Mapping[str, Any], project: Project) -> None:
-    """Every op's run config checked against its settings; the training job's first step
+    """Every op's and configurable resource's run config checked; the training job's first step
     calls it, so a bad knob fails the run before any work (and before the training slot is
     taken) rather than in the step that reads it."""
     ops, problems = run_config.get("ops") or {}, []
@@ -98,4 +123,4 @@ def check_run_config(run_config: Mapping[str, Any], project: Project) -> None:
             k: v for k, v in ((ops.get(op) or {}).get("config") or {}).items() if v is not None
         }
         problems += merged(getattr(project, section), values, op)[1]
-    refuse(problems)
+    refuse(problems + resource_problems(run_config))

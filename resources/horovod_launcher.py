@@ -11,6 +11,8 @@ after ``collective_timeout_s`` and the whole job after ``timeout_s``.
 import collections
 import contextlib
 import ctypes
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -25,17 +27,39 @@ from typing import Literal
 
 import dagster as dg
 import psutil
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import lepton_core
+from lepton_core.rank_env import RANK_ENV_FILE
+from resources.horovodrun import BIND_VARIABLE
 
 TAIL_LINES = 30
+LOCAL_NAMES = ("localhost", "127.0.0.1")
 POLL_S = 5  # how often a running job checks the run's status
 PR_SET_PDEATHSIG = 1
 RUN_MARKER = "LEPTON_HOROVOD_RUN"  # in every rank's environment: the Dagster run id
 WORKDIR_PREFIX = "lepton-horovod-"
 SINGLE_PROCESS_CYCLE_MS = 50
 FAILED_RANK = re.compile(r"Process (\d+) exit with status code (-?\d+)")
+
+# Strict shapes of the fields horovodrun passes on to ssh and a shell: a value that does not
+# match is refused when the resource is built from run config, naming the field.
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})(?::[1-9][0-9]{0,3})?"
+HOSTS = rf"^(?:{_HOST}(?:,{_HOST})*)?$"
+_INTERFACE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}"
+INTERFACES = rf"^(?:{_INTERFACE}(?:,{_INTERFACE})*)?$"
+PATH = r"^(?:/[A-Za-z0-9_.@+-]+)*$"
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+ENV_VALUE = re.compile(r"^[A-Za-z0-9_.,:/=+@%-]*$")
+EXTRA_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "HOROVOD_", "NCCL_", "GLOO_", "TORCH_")
+# What of the step's environment horovodrun itself is given. Horovod 0.28.1 writes every
+# variable of its environment into each rank's command line (``sh -c 'env K=V … python …'``),
+# which any local user reads in ``ps``: everything else (secrets among it) reaches the ranks
+# through RANK_ENV_FILE, a file only this user can read (lepton_core.rank_env).
+PASSED_ON = re.compile(
+    r"^(PATH|HOME|USER|LOGNAME|LANG|TZ|TMPDIR|VIRTUAL_ENV|LD_LIBRARY_PATH|CUDA_VISIBLE_DEVICES"
+    r"|LC_[A-Z]+|(OMP|MKL|OPENBLAS|HOROVOD|NCCL|GLOO|TORCH)_[A-Z0-9_]+|DAGSTER_PIPES_[A-Z_]+)$"
+)
 
 
 def ended_on_purpose(exc: BaseException | None) -> str | None:
@@ -122,16 +146,14 @@ def code_root() -> str:
     return str(Path(lepton_core.__file__).resolve().parent.parent)
 
 
-def horovodrun_path() -> str:
-    """``horovodrun`` beside the running interpreter (the project's venv), else on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    found = beside if os.path.exists(beside) else shutil.which("horovodrun")
-    if not found:
+def horovodrun_command() -> list[str]:
+    """horovodrun, run by this interpreter through ``resources.horovodrun`` (which binds
+    Horovod's rendezvous server to the job's interface alone)."""
+    if importlib.util.find_spec("horovod") is None:
         raise FileNotFoundError(
-            "horovodrun not found beside the Python interpreter or on PATH; "
-            "run scripts/setup.sh to build and install Horovod"
+            "Horovod is not installed in this Python; run scripts/setup.sh to build and install it"
         )
-    return found
+    return [sys.executable, "-m", "resources.horovodrun"]
 
 
 def last_lines(path: Path, count: int = TAIL_LINES) -> list[str]:
@@ -182,19 +204,25 @@ class HorovodLauncherResource(dg.ConfigurableResource):
     num_processes: int = Field(default=2, ge=1, description="total number of training processes")
     hosts: str = Field(
         default="",
-        description="horovodrun -H value, e.g. 'node1:4,node2:4'; empty: localhost:num_processes",
+        pattern=HOSTS,
+        description="horovodrun -H value, e.g. 'node1:4,node2:4' (host names or IPv4 "
+        "addresses, each with its slot count); empty: localhost:num_processes",
     )
     controller: Literal["gloo", "mpi"] = Field(
         default="gloo", description="Horovod controller: gloo (built in) or mpi"
     )
     network_interface: str = Field(
-        default="", description="network interface(s) for Horovod traffic, e.g. 'eth0'"
+        default="",
+        pattern=INTERFACES,
+        description="network interface(s) for Horovod traffic, e.g. 'eth0' (comma-separated)",
     )
     ssh_port: int = Field(
         default=0, ge=0, description="SSH port of the other hosts (horovodrun -p); 0: ssh's"
     )
     ssh_identity_file: str = Field(
-        default="", description="private key for SSH to the other hosts (horovodrun -i)"
+        default="",
+        pattern=PATH,
+        description="absolute path of the private key for SSH to the other hosts (horovodrun -i)",
     )
     start_timeout_s: int = Field(
         default=60, ge=1, description="seconds for all processes to start and connect"
@@ -215,8 +243,26 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         description="elastic Horovod: most processes to scale up to; 0 means num_processes",
     )
     extra_env: dict[str, str] = Field(
-        default_factory=dict, description="extra environment variables for every rank"
+        default_factory=dict,
+        description="extra environment variables for every rank: names starting with "
+        f"{', '.join(EXTRA_ENV_PREFIXES)}; values of letters, digits and . , : / = + @ % -",
     )
+
+    @field_validator("extra_env")
+    @classmethod
+    def _plain_extra_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not (ENV_NAME.match(name) and name.startswith(EXTRA_ENV_PREFIXES)):
+                raise ValueError(
+                    f"extra_env: {name!r} is not a variable ranks may be given (allowed: "
+                    f"names of A-Z, 0-9, _ starting with {', '.join(EXTRA_ENV_PREFIXES)})"
+                )
+            if not ENV_VALUE.match(text):
+                raise ValueError(
+                    f"extra_env.{name}: {text!r} holds a character other than letters, "
+                    "digits and . , : / = + @ % -"
+                )
+        return value
 
     def processes_per_host(self) -> int:
         """The most processes any one host runs (from ``hosts``' slot counts)."""
@@ -229,13 +275,15 @@ class HorovodLauncherResource(dg.ConfigurableResource):
         return self.min_processes > 0
 
     def command(self, module: str, args: list[str], workdir: Path) -> list[str]:
-        cmd = [horovodrun_path(), "-np", str(self.num_processes), f"--{self.controller}"]
+        cmd = [*horovodrun_command(), "-np", str(self.num_processes), f"--{self.controller}"]
         if self.elastic:
             most = self.max_processes or self.num_processes
-            script = workdir / "discover_hosts.sh"
             slots = self.hosts or f"localhost:{most}"
-            script.write_text("#!/bin/sh\n" + "".join(f"echo {h}\n" for h in slots.split(",")))
-            script.chmod(0o755)
+            # The script prints a file: the host list is data, never part of a script.
+            (workdir / "hosts").write_text("".join(f"{h}\n" for h in slots.split(",")))
+            script = workdir / "discover_hosts.sh"
+            script.write_text('#!/bin/sh\nexec cat "$(dirname "$0")/hosts"\n')
+            script.chmod(0o700)
             cmd += ["--min-np", str(self.min_processes), "--max-np", str(most)]
             cmd += ["--host-discovery-script", str(script)]
         else:
@@ -249,14 +297,25 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             # Horovod 0.28.1's --output-filename fails with one process (log10(0) padding
             # the rank folder names); one process's output is the launcher's own anyway.
             cmd += ["--output-filename", str(workdir / "logs")]
-        interface = self.network_interface
-        if not interface and self.elastic and not self.hosts:
-            # Elastic horovodrun otherwise waits for two hosts to agree on a common interface.
-            interface = "lo"
-        if interface:
-            cmd += ["--network-interface", interface]
+        cmd += ["--network-interface", self.interface()]
         # -P: the rank's working directory is not put on its import path (see worker_env).
         return [*cmd, sys.executable, "-P", "-m", module, *args]
+
+    def one_host(self) -> bool:
+        return all(h.split(":")[0] in LOCAL_NAMES for h in (self.hosts or "localhost").split(","))
+
+    def interface(self) -> str:
+        """The interface(s) Horovod's traffic takes: the configured one, else loopback for a
+        one-host job (its rendezvous server then listens on 127.0.0.1 alone; elastic
+        horovodrun would otherwise wait for two hosts to agree on a common interface)."""
+        if self.network_interface:
+            return self.network_interface
+        if not self.one_host():
+            raise ValueError(
+                f"hosts={self.hosts!r} spans several hosts: set network_interface to the "
+                "interface they reach each other on (Horovod's server binds to it alone)"
+            )
+        return "lo"
 
     def worker_env(self) -> dict[str, str]:
         """Threads per rank, timeouts, and the import path: ranks import Lepton from the
@@ -277,6 +336,27 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             # 20-50 ms). Only the few per-epoch collectives wait for its tick.
             env["HOROVOD_CYCLE_TIME"] = str(SINGLE_PROCESS_CYCLE_MS)
         return {**env, **self.extra_env}
+
+    def launch_env(
+        self, workdir: Path, bootstrap: dict[str, str], secrets: dict[str, str]
+    ) -> dict[str, str]:
+        """horovodrun's environment: what it may write into the ranks' command lines
+        (PASSED_ON of this process's, the worker settings, Dagster Pipes' bootstrap), and
+        the path of a file (mode 0600) holding the rest of this process's environment and
+        ``secrets``, which each rank loads before anything else."""
+        kept = {k: v for k, v in os.environ.items() if PASSED_ON.match(k)}
+        rest = {k: v for k, v in os.environ.items() if k not in kept}
+        env_file = workdir / "rank.env.json"
+        descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as fh:
+            json.dump({**rest, **secrets}, fh)
+        return {
+            **kept,
+            **self.worker_env(),
+            **bootstrap,
+            RANK_ENV_FILE: str(env_file),
+            BIND_VARIABLE: self.interface().split(",")[0],
+        }
 
     def run_worker(
         self,
@@ -321,13 +401,8 @@ class HorovodLauncherResource(dg.ConfigurableResource):
                 context_injector=dg.PipesTempFileContextInjector(),
                 message_reader=dg.PipesTempFileMessageReader(),
             ) as session:
-                env = {
-                    **os.environ,
-                    **self.worker_env(),
-                    **session.get_bootstrap_env_vars(),
-                    **secrets,
-                    RUN_MARKER: context.run.run_id,
-                }
+                env = self.launch_env(workdir, {**session.get_bootstrap_env_vars()}, secrets)
+                env[RUN_MARKER] = context.run.run_id
                 self._run(command, env, workdir, context)
                 ended = run_ended(context)
                 if ended:  # it ended while the job finished: report nothing into it

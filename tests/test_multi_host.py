@@ -128,7 +128,7 @@ def train(
         command = launcher.command(WORKER_MODULE, args, Path(workdir))
         if namespace:
             command = ["ip", "netns", "exec", namespace, *command]
-        env = {**os.environ, **launcher.worker_env()}
+        env = launcher.launch_env(Path(workdir), {}, {})
         launcher._run(command, env, Path(workdir), context=None)  # type: ignore[arg-type]
     return store.read_json(f"models/{name}/model.json")
 
