@@ -47,7 +47,7 @@ from lepton_core.evaluate import headline
 from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
 from lepton_core.registry import current_champion, require_champion
 from lepton_core.serving.settings import ServeSettings
-from lepton_core.store import check_key
+from lepton_core.store import ArtifactStore, check_key
 from resources.alerts import own_error
 from resources.artifact_store import ArtifactStoreResource, lepton_home
 from resources.landing_zone import LandingZoneResource
@@ -146,7 +146,7 @@ def changed_days(landing: LandingZoneResource, artifacts_uri: str) -> list[str]:
     and files whose stamp moved are read and hashed, so a call's cost does not grow with the
     bytes of history. Files are compared by their key in the landing zone, not their URL,
     so a landing zone restored elsewhere (``lepton restore``) holds the same days."""
-    store, artifacts = landing.get_store(), ArtifactStoreResource(uri=artifacts_uri).get_store()
+    store, artifacts = landing.get_store(), ArtifactStore(artifacts_uri)
     days = []
     for day in landed_days(store.folders())[0]:
         key = raw_manifest_key(day)

@@ -7,27 +7,27 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from resources.artifact_store import checked_url
+
+WEBHOOK_VARIABLE = "LEPTON_ALERT_WEBHOOK_URL"
+
 
 class AlertWebhookResource(dg.ConfigurableResource):
     """Posts alerts as JSON to a webhook (Slack-compatible: the text is in ``text``).
 
-    The URL usually carries a token, so it is read through ``dg.EnvVar`` from the variable
-    named by ``url_env_var`` when an alert is sent, and never logged. Unset: log only.
+    The URL usually carries a token, so it is the deployment's: read through ``dg.EnvVar``
+    from ``LEPTON_ALERT_WEBHOOK_URL`` when an alert is sent (no run config can change it), and
+    never logged. Unset: log only.
     """
 
-    url_env_var: str = Field(
-        default="LEPTON_ALERT_WEBHOOK_URL",
-        description="environment variable holding the webhook URL; unset or empty: no post",
-    )
     timeout_s: float = Field(default=10.0, gt=0, description="seconds to wait for the webhook")
 
     def post(self, alert: dict[str, Any]) -> bool:
         """Send ``alert``; False when no webhook is configured. Raises on a failed post."""
-        url = dg.EnvVar(self.url_env_var).get_value()
+        url = dg.EnvVar(WEBHOOK_VARIABLE).get_value()
         if not url:
             return False
-        if not url.startswith(("https://", "http://")):
-            raise ValueError(f"{self.url_env_var} must be an http(s) URL")
+        checked_url(url, WEBHOOK_VARIABLE)
         body = json.dumps({"text": alert["summary"], "alert": alert}).encode()
         request = urllib.request.Request(
             url, data=body, headers={"Content-Type": "application/json"}, method="POST"

@@ -4,10 +4,10 @@ The store itself (``lepton_core.store.ArtifactStore``) is Dagster-free, so Horov
 servers and notebooks use the same code.
 """
 
+import re
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 
 from lepton_core.id_index import IdIndex
 from lepton_core.store import ArtifactStore
@@ -20,30 +20,38 @@ def lepton_home() -> Path:
     return Path(dg.EnvVar("LEPTON_HOME").get_value(DEFAULT_HOME) or DEFAULT_HOME).resolve()
 
 
-def setting(explicit: str, env_name: str, default: str) -> str:
-    """Resolve one setting: explicit resource config, else the environment variable, else default.
+def setting(env_name: str, default: str) -> str:
+    """Resolve one deployment setting: the environment variable, else the default.
 
-    Read at run time through ``dg.EnvVar`` (never at import time), so an unset variable falls
-    back to the embedded default instead of failing config resolution.
+    Where data, secrets and code come from (the store, the landing zone, Label Studio, the
+    project file) is the deployment's to say, never a run's: these are no resource fields a
+    run config could set from the Launchpad or GraphQL. Read at run time through ``dg.EnvVar``
+    (never at import time), so an unset variable falls back to the embedded default.
     """
-    return explicit or dg.EnvVar(env_name).get_value() or default
+    return dg.EnvVar(env_name).get_value() or default
+
+
+URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$")
+
+
+def checked_url(url: str, variable: str) -> str:
+    """``url`` when it is a plain http(s) URL (scheme, host, port, path and query of URL
+    characters alone); else a ValueError naming ``variable``, never the value (it may hold a
+    token)."""
+    if not URL.match(url):
+        raise ValueError(
+            f"{variable} is not an http(s) URL of a host name or address, port and path"
+        )
+    return url
 
 
 class ArtifactStoreResource(dg.ConfigurableResource):
-    """Where Lepton keeps its artifacts: a ``file://`` or ``s3://`` URI.
-
-    Resolution order: ``uri`` below, else ``LEPTON_ARTIFACTS_URI``, else
-    ``file://$LEPTON_HOME/artifacts`` (``LEPTON_HOME`` defaults to ``./.lepton``).
-    """
-
-    uri: str = Field(
-        default="",
-        description="fsspec URI of the artifact store; empty: $LEPTON_ARTIFACTS_URI or "
-        "file://$LEPTON_HOME/artifacts",
-    )
+    """Where Lepton keeps its artifacts: a ``file://`` or ``s3://`` URI, set by the
+    deployment: ``LEPTON_ARTIFACTS_URI``, else ``file://$LEPTON_HOME/artifacts``
+    (``LEPTON_HOME`` defaults to ``./.lepton``)."""
 
     def resolved_uri(self) -> str:
-        return setting(self.uri, "LEPTON_ARTIFACTS_URI", f"file://{lepton_home() / 'artifacts'}")
+        return setting("LEPTON_ARTIFACTS_URI", f"file://{lepton_home() / 'artifacts'}")
 
     def get_store(self) -> ArtifactStore:
         return ArtifactStore(self.resolved_uri())

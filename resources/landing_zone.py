@@ -24,15 +24,9 @@ class LandingFileError(ValueError):
 class LandingZoneResource(dg.ConfigurableResource):
     """Read-only access to the landing zone.
 
-    Resolution order: ``uri`` below, else ``LEPTON_LANDING_URI``, else
+    Where it is, the deployment says (never a run's config): ``LEPTON_LANDING_URI``, else
     ``file://$LEPTON_HOME/landing``.
     """
-
-    uri: str = Field(
-        default="",
-        description="fsspec URI of the landing zone; empty: $LEPTON_LANDING_URI or "
-        "file://$LEPTON_HOME/landing",
-    )
 
     sensor_days: int = Field(
         default=14,
@@ -42,7 +36,7 @@ class LandingZoneResource(dg.ConfigurableResource):
     )
 
     def resolved_uri(self) -> str:
-        return setting(self.uri, "LEPTON_LANDING_URI", f"file://{lepton_home() / 'landing'}")
+        return setting("LEPTON_LANDING_URI", f"file://{lepton_home() / 'landing'}")
 
     def get_store(self) -> ArtifactStore:
         return ArtifactStore(self.resolved_uri())

@@ -113,7 +113,8 @@ def test_the_index_is_one_table_keyed_by_id(tmp_path: Path):
 
 def test_a_store_on_s3_needs_an_index_url(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("LEPTON_ID_INDEX_URL", raising=False)
-    resource = ArtifactStoreResource(uri="s3://bucket/artifacts")
+    monkeypatch.setenv("LEPTON_ARTIFACTS_URI", "s3://bucket/artifacts")
+    resource = ArtifactStoreResource()
     with pytest.raises(ValueError, match="set LEPTON_ID_INDEX_URL"):
         resource.get_id_index()
     monkeypatch.setenv("LEPTON_ID_INDEX_URL", "sqlite://")

@@ -157,8 +157,10 @@ def test_annotations_from_label_studio_land_validate_and_retrain(
         dg.build_sensor_context(instance=instance, resources=resources, cursor=tick.cursor)
     )
     assert isinstance(quiet, dg.SkipReason) and "no annotation finished" in str(quiet.skip_message)
-    down = {**resources, "label_studio": LabelStudioResource(url=f"http://127.0.0.1:{free_port()}")}
-    skipped = sensors.annotation_sensor(dg.build_sensor_context(instance=instance, resources=down))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEPTON_LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        skipped = sensors.annotation_sensor(context)
     assert isinstance(skipped, dg.SkipReason) and "unreachable" in str(skipped.skip_message)
     assert token not in str(skipped.skip_message)
     assert sorted(landing.list(new_day)) == sorted([*before, *landed])  # nothing written twice

@@ -36,15 +36,18 @@ ROWS = {
 CLEAR = [v for column in ("email", "city", "ssn") for v in ROWS[column]]
 
 
-def materialize(tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance):
+def materialize(
+    tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance, patch: pytest.MonkeyPatch
+):
     landing = lepton_home / "landing" / DAY
     landing.mkdir(parents=True)
     pl.DataFrame(ROWS).write_csv(landing / "people.csv")
     project = tmp_path / "lepton.yaml"
     project.write_text(PROJECT)
+    patch.setenv("LEPTON_PROJECT", str(project))
     return dg.materialize(
         [raw_batches, validated_batches],
-        resources={**resources, "project": ProjectResource(project_path=str(project))},
+        resources={**resources, "project": ProjectResource()},
         instance=instance,
         partition_key=DAY,
         raise_on_error=False,
@@ -55,7 +58,7 @@ def test_personal_data_is_hashed_or_dropped_before_anything_is_written(
     tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("LEPTON_PII_KEY", KEY)
-    result = materialize(tmp_path, lepton_home, instance)
+    result = materialize(tmp_path, lepton_home, instance, monkeypatch)
     assert result.success
     written = [p for p in (lepton_home / "artifacts").rglob("*") if p.is_file()]
     assert {p.suffix for p in written} >= {".parquet", ".json", ".html"}
@@ -79,7 +82,7 @@ def test_hashing_without_a_key_fails_naming_the_variable(
     tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.delenv("LEPTON_PII_KEY", raising=False)
-    result = materialize(tmp_path, lepton_home, instance)
+    result = materialize(tmp_path, lepton_home, instance, monkeypatch)
     failure = result.failure_data_for_node("raw_batches")
     assert failure is not None and failure.error is not None
     assert "set LEPTON_PII_KEY to a secret of at least 16 bytes" in str(failure.error.to_string())

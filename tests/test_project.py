@@ -71,7 +71,11 @@ def test_dataset_by_path_and_code_path_resolve_against_the_project_file(tmp_path
 
 
 def test_a_factory_whose_output_does_not_fit_fails_before_horovod_starts(
-    tmp_path: Path, artifacts: ArtifactStore, dataset_version: str, instance: dg.DagsterInstance
+    tmp_path: Path,
+    artifacts: ArtifactStore,
+    dataset_version: str,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     write(tmp_path / "code" / "bad_models.py", BAD_FACTORY)
     project = write(
@@ -80,9 +84,10 @@ def test_a_factory_whose_output_does_not_fit_fails_before_horovod_starts(
         "classes: [0,1,2,3,4,5,6,7,8,9], feature_prefix: pixel_, feature_count: 64}\n"
         "code_path: code\nmodel: {factory: 'bad_models:three_outputs'}\n",
     )
+    monkeypatch.setenv("LEPTON_PROJECT", str(project))
     result = dg.materialize(
         [trained_model],
-        resources={**resources, "project": ProjectResource(project_path=str(project))},
+        resources={**resources, "project": ProjectResource()},
         instance=instance,
         raise_on_error=False,
     )
@@ -112,7 +117,7 @@ dataset:
 
 
 def test_missing_undecodable_and_unsafe_images_are_quarantined_naming_the_file(
-    tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance
+    tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ):
     day = "2026-01-01"
     landing = lepton_home / "landing" / day
@@ -128,9 +133,10 @@ def test_missing_undecodable_and_unsafe_images_are_quarantined_naming_the_file(
         }
     ).write_csv(landing / "labels.csv")
     project = write(tmp_path / "lepton.yaml", IMAGE_PROJECT)
+    monkeypatch.setenv("LEPTON_PROJECT", str(project))
     result = dg.materialize(
         [raw_batches, validated_batches],
-        resources={**resources, "project": ProjectResource(project_path=str(project))},
+        resources={**resources, "project": ProjectResource()},
         instance=instance,
         partition_key=day,
     )
@@ -161,7 +167,7 @@ dataset:
 
 
 def test_markup_in_landed_values_is_escaped_on_the_data_docs_page(
-    tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance
+    tmp_path: Path, lepton_home: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ):
     day = "2026-01-01"
     landing = lepton_home / "landing" / day
@@ -176,9 +182,10 @@ def test_markup_in_landed_values_is_escaped_on_the_data_docs_page(
         }
     ).write_csv(landing / "rows.csv")
     project = write(tmp_path / "lepton.yaml", MARKUP_PROJECT)
+    monkeypatch.setenv("LEPTON_PROJECT", str(project))
     dg.materialize(
         [raw_batches, validated_batches],
-        resources={**resources, "project": ProjectResource(project_path=str(project))},
+        resources={**resources, "project": ProjectResource()},
         instance=instance,
         partition_key=day,
         raise_on_error=False,

@@ -89,6 +89,7 @@ def test_a_rank_memory_does_not_grow_with_the_data(
     project.write_text(
         yaml.safe_dump({"dataset": dataset, "model": {"factory": "lepton_core.models:mlp"}})
     )
+    monkeypatch.setenv("LEPTON_PROJECT", str(project))
     peaks = {}
     for days in (1, 4):
         manifests = []

@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from lepton_core.store import ArtifactStore
 from resources.landing_zone import LandingZoneResource
@@ -14,11 +15,11 @@ from schedules.sensors import landing_sensor
 
 def tick(instance: dg.DagsterInstance, landing_uri: str, cursor: str | None):
     context = dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        resources={"landing": LandingZoneResource(uri=landing_uri)},
+        instance=instance, cursor=cursor, resources={"landing": LandingZoneResource()}
     )
-    result = landing_sensor(context)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEPTON_LANDING_URI", landing_uri)
+        result = landing_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result.run_requests or [], result.cursor
 
@@ -67,14 +68,17 @@ def test_a_lost_cursor_gives_the_same_run_keys(tmp_path, instance):
     assert [r.run_key for r in again] == [r.run_key for r in first]
 
 
-def test_a_tick_watches_only_the_newest_days_so_its_cost_does_not_grow(tmp_path, instance):
+def test_a_tick_watches_only_the_newest_days_so_its_cost_does_not_grow(
+    tmp_path, instance, monkeypatch
+):
     landing = ArtifactStore(f"file://{tmp_path / 'landing'}")
+    monkeypatch.setenv("LEPTON_LANDING_URI", landing.uri)
     days = [f"2026-01-{d:02d}" for d in range(1, 21)]
     for day in days:
         landing.write_bytes(f"{day}/a.csv", csv_bytes(2))
     context = dg.build_sensor_context(
         instance=instance,
-        resources={"landing": LandingZoneResource(uri=landing.uri, sensor_days=5)},
+        resources={"landing": LandingZoneResource(sensor_days=5)},
     )
     result = landing_sensor(context)
     assert isinstance(result, dg.SensorResult) and result.cursor is not None
