@@ -20,15 +20,17 @@ database of its own (``LEPTON_ID_INDEX_URL``) is backed up with that database's 
 
 A backup refuses to start while the instance has runs queued or in progress (they would write
 during the copy) unless forced. ``restore(src)`` refuses a home that holds anything unless
-forced; it checks every file against the manifest's sha256 as it writes it back.
+forced, and unpacks only what stays inside its home (see ``restore``).
 """
 
 import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import tempfile
 from datetime import UTC, datetime
@@ -36,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import yaml
 from sqlalchemy.engine import make_url
 
-from lepton_core.store import ArtifactStore
+from lepton_core.store import ArtifactStore, check_key, sha256_bytes
 from resources.artifact_store import ArtifactStoreResource
 from resources.landing_zone import LandingZoneResource
 
@@ -213,16 +216,30 @@ def home_contents(store: ArtifactStore, landing: ArtifactStore, home: Path) -> l
     return found
 
 
-def restore(src: Path, force: bool = False) -> dict[str, Any]:
-    """Bring the snapshot in ``src`` back into this (empty) home; the manifest."""
-    if not (src / MANIFEST).is_file():
-        raise BackupError(f"{src} holds no {MANIFEST}: not a backup, or an unfinished one")
-    manifest = json.loads((src / MANIFEST).read_text())
+def restore(
+    src: Path, force: bool = False, referenced_from: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Bring the snapshot in ``src`` back into this (empty) home; the manifest.
+
+    A contained unpack, in two passes: every entry is checked first (a name of its kinds that
+    stays inside its target, a plain file in ``src`` reached through no symlink, its sha256;
+    the backup's ``dagster.yaml`` naming Dagster's own classes alone; an instance dump of
+    tables and their data alone), and only then is anything written, each file from the
+    bytes that were checked, through no symlink. Data backed up by reference is read only
+    from the stores the operator names in ``referenced_from`` (``lepton restore
+    --referenced-from URI``), never from a place the manifest alone names.
+    """
+    manifest = read_manifest(src)
     store, landing = ArtifactStoreResource().get_store(), LandingZoneResource().get_store()
     home = Path(os.environ["DAGSTER_HOME"])
+    plan = [planned(src, name, meta, store, landing, home) for name, meta in
+            manifest["files"].items()]  # fmt: skip
     present = home_contents(store, landing, home)
     url = None
     if manifest["dagster_storage"] == "postgres":
+        if DUMP not in manifest["files"]:
+            raise BackupError(f"{src}: a backup of PostgreSQL storage without its {DUMP}")
+        check_dump(src)
         url, runs = restored_postgres(src)
         present += [f"{runs} runs in the instance's database"] if runs else []
     if present and not force:
@@ -230,20 +247,14 @@ def restore(src: Path, force: bool = False) -> dict[str, Any]:
             f"the home is not empty ({', '.join(present)}, …); restore onto an "
             "empty home, or pass --force to write over it"
         )
-    for name, meta in manifest["files"].items():
-        if sha256_file(src / name) != meta["sha256"]:
-            raise BackupError(f"{src / name} does not match its sha256 in the manifest")
-    fetches = referenced_fetches(manifest, store, landing)
-    for name in manifest["files"]:
-        folder, _, key = name.partition("/")
-        if folder == "artifacts":
-            store.copy_in(key, src / name)
-        elif folder == "landing":
-            landing.copy_in(key, src / name)
-        elif name.startswith("dagster/home/"):
-            target = home / name.removeprefix("dagster/home/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, target)
+    fetches = referenced_fetches(manifest, store, landing, referenced_from)
+    for target, key, source, digest in plan:
+        if target is None:
+            continue
+        data = read_plain(source)
+        if sha256_bytes(data) != digest:  # changed since it was checked
+            raise BackupError(f"{source} changed during the restore; nothing more was written")
+        write_to(target, key, data)
     for origin, target, key in fetches:
         target.write_bytes(key, origin.read_bytes(key))
     if url is not None:
@@ -251,11 +262,154 @@ def restore(src: Path, force: bool = False) -> dict[str, Any]:
     return manifest
 
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DUMP = "dagster/instance.dump"
+# What a restored dagster.yaml may name as a class's module: Dagster's own packages.
+DAGSTER_MODULE = re.compile(r"^dagster(_[a-z]+)?(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# The only kinds of entry an instance dump may hold: tables and their data (a function, a
+# trigger or an extension would run code in the database).
+DUMP_ENTRIES = {"SCHEMA", "TABLE", "TABLE DATA", "SEQUENCE", "SEQUENCE SET", "SEQUENCE OWNED BY",
+                "DEFAULT", "INDEX", "CONSTRAINT", "FK CONSTRAINT", "COMMENT", "ACL"}  # fmt: skip
+
+
+def read_manifest(src: Path) -> dict[str, Any]:
+    """The backup's manifest, its shape checked (each file's size and sha256)."""
+    path = src / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise BackupError(f"{src} holds no {MANIFEST}: not a backup, or an unfinished one")
+    manifest = json.loads(read_plain(path))
+    files, referenced = manifest.get("files"), manifest.get("referenced")
+    if (
+        not isinstance(files, dict)
+        or not all(
+            isinstance(m, dict) and SHA256.match(str(m.get("sha256"))) for m in files.values()
+        )
+        or manifest.get("dagster_storage") not in ("sqlite", "postgres")
+        or not isinstance(referenced, dict)
+        or not all(isinstance(referenced.get(p, {}), dict) for p in ("artifacts", "landing"))
+    ):
+        raise BackupError(f"{path} is not a manifest Lepton wrote")
+    return manifest
+
+
+def read_plain(path: Path) -> bytes:
+    """A file's bytes, refused when it is a symlink or not a regular file."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror} (a symlink is never followed)") from exc
+    with os.fdopen(descriptor, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BackupError(f"{path} is not a plain file")
+        return fh.read()
+
+
+def no_links(root: Path, relative: str) -> Path:
+    """``root/relative``, refused when a part of it that exists is a symlink."""
+    path = root
+    for part in relative.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise BackupError(f"{path} is a symlink: a restore neither follows nor makes one")
+    return path
+
+
+def planned(
+    src: Path, name: str, meta: dict[str, Any], store: ArtifactStore, landing: ArtifactStore,
+    home: Path,
+) -> tuple[Path | ArtifactStore | None, str, Path, str]:  # fmt: skip
+    """(where the entry goes: a store, the Dagster home, or nowhere for the instance dump,
+    which pg_restore reads from the backup; its key there; its file in the backup; its
+    sha256), after every check; a BackupError names the entry otherwise."""
+    try:
+        check_key(name)
+    except ValueError as exc:
+        raise BackupError(f"manifest entry {name!r}: {exc}") from exc
+    if any(ord(c) < 32 for c in name):
+        raise BackupError(f"manifest entry {name!r} holds a control character")
+    folder, _, key = name.partition("/")
+    targets: dict[str, Path | ArtifactStore] = {"artifacts": store, "landing": landing}
+    target: Path | ArtifactStore | None = None
+    if name.startswith("dagster/home/"):
+        target, key = home, name.removeprefix("dagster/home/")
+    elif name == DUMP:
+        pass
+    elif folder in targets and key:
+        target = targets[folder]
+    else:
+        raise BackupError(f"manifest entry {name!r} is none of artifacts/, landing/, dagster/")
+    source = no_links(src, name)
+    data = read_plain(source)
+    if sha256_bytes(data) != meta["sha256"]:
+        raise BackupError(f"{source} does not match its sha256 in the manifest")
+    if key == "dagster.yaml" and target is home:
+        check_instance_yaml(data, source)
+    if isinstance(target, Path):
+        no_links(target, key)
+    elif target is not None and target.is_local:
+        no_links(Path(target.root), key)
+    return target, key, source, meta["sha256"]
+
+
+def write_to(target: Path | ArtifactStore, key: str, data: bytes) -> None:
+    """``data`` at ``key`` of a store, or of a folder through no symlink."""
+    if isinstance(target, ArtifactStore):
+        target.write_bytes(key, data)
+    else:
+        path = target / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "wb") as fh:
+            fh.write(data)
+
+
+def check_instance_yaml(data: bytes, source: Path) -> None:
+    """A backup's ``dagster.yaml`` may name classes of Dagster's own packages only: Dagster
+    imports whatever module a ``module:`` key names."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            module = node.get("module")
+            if module is not None and not DAGSTER_MODULE.match(str(module)):
+                raise BackupError(f"{source} names module {module!r}, not one of Dagster's")
+            if "()" in node or ("class" in node and module is None):
+                raise BackupError(f"{source} names a class outside Dagster's storage settings")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(yaml.safe_load(data))
+
+
+def check_dump(src: Path) -> None:
+    """The instance dump holds tables and their data alone (``pg_restore --list``)."""
+    listed = subprocess.run(["pg_restore", "--list", str(no_links(src, DUMP))],
+                            capture_output=True, text=True)  # fmt: skip
+    if listed.returncode != 0:
+        raise BackupError(f"pg_restore --list failed: {listed.stderr.strip()[-2000:]}")
+    for line in listed.stdout.splitlines():
+        if not line.strip() or line.startswith(";"):
+            continue
+        # "<id>; <oid> <oid> <KIND> <schema> <name> <owner>"
+        fields = line.split(";", 1)[1].split()[2:]
+        kind = next((k for k in sorted(DUMP_ENTRIES, key=len, reverse=True)
+                     if " ".join(fields).startswith(k + " ")), None)  # fmt: skip
+        if kind is None:
+            raise BackupError(f"{src / DUMP} holds {' '.join(fields[:3])!r}: only tables and "
+                              "their data are restored")  # fmt: skip
+
+
 def restored_postgres(src: Path) -> tuple[str, int]:
     """(the database the backup's dagster.yaml names on this machine, with this machine's
-    environment; how many runs it holds already), before anything is written."""
+    environment; how many runs it holds already), before anything is written. The yaml
+    was checked to name Dagster's own classes only."""
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(src / "dagster/home/dagster.yaml", Path(tmp) / "dagster.yaml")
+        source = no_links(src, "dagster/home/dagster.yaml")
+        data = read_plain(source)
+        check_instance_yaml(data, source)
+        (Path(tmp) / "dagster.yaml").write_bytes(data)
         with dg.DagsterInstance.from_config(tmp) as instance:
             url = postgres_url(instance)
             if url is None:
@@ -264,14 +418,30 @@ def restored_postgres(src: Path) -> tuple[str, int]:
 
 
 def referenced_fetches(
-    manifest: dict[str, Any], store: ArtifactStore, landing: ArtifactStore
+    manifest: dict[str, Any],
+    store: ArtifactStore,
+    landing: ArtifactStore,
+    referenced_from: tuple[str, ...],
 ) -> list[tuple[ArtifactStore, ArtifactStore, str]]:
     """Data backed up by reference that this home lacks, as (from, to, key): each is in the
-    store it was referenced in with its size, or the restore stops before writing."""
+    store it was referenced in with its size, or the restore stops before writing. That
+    store must be one the operator named (a manifest could name any URL)."""
     fetches = []
     for part, target in (("artifacts", store), ("landing", landing)):
-        origin = ArtifactStore(manifest[f"{part}_uri"])
-        for key, size in manifest["referenced"][part].items():
+        wanted = manifest["referenced"][part]
+        if not wanted:
+            continue
+        uri = str(manifest.get(f"{part}_uri", ""))
+        if uri.rstrip("/") not in {u.rstrip("/") for u in referenced_from}:
+            raise BackupError(
+                f"the backup references {len(wanted)} {part} files in {uri}: name that store "
+                f"with --referenced-from {uri} to read them from there"
+            )
+        if not uri.startswith(("file://", "s3://")):
+            raise BackupError(f"{uri}: data is restored from file:// or s3:// stores only")
+        origin = ArtifactStore(uri)
+        for key, size in wanted.items():
+            check_key(key)
             if target.exists(key) and target.size(key) == size:
                 continue
             if not origin.exists(key) or origin.size(key) != size:

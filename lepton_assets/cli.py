@@ -438,7 +438,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from lepton_assets.backup import restore
 
     prepare_home()
-    manifest = restore(args.source.resolve(), args.force)
+    manifest = restore(args.source.resolve(), args.force, tuple(args.referenced_from))
     print(
         f"restore: {len(manifest['files'])} files from {args.source} "
         f"(backup of {manifest['created']}) into {lepton_home()}"
@@ -550,6 +550,14 @@ def parser() -> argparse.ArgumentParser:
     back = command("restore", cmd_restore, "bring a backup back into an empty home")
     back.add_argument("source", type=Path, help="a folder written by lepton backup")
     back.add_argument("--force", action="store_true", help="write over a home that holds data")
+    back.add_argument(
+        "--referenced-from",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="a store (file:// or s3://) that data backed up by reference may be read from; "
+        "the restore names the ones it needs",
+    )
     ui = command("ui", cmd_ui, "open the Dagster UI (dagster dev) on this project")
     ui.add_argument("--port", type=int, default=3000)
     return top

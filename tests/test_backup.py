@@ -84,7 +84,12 @@ def test_data_by_reference_is_named_not_copied_and_restored_from_its_store(
     fresh = ingested.parent / "fresh"
     monkeypatch.setenv("LEPTON_HOME", str(fresh))
     monkeypatch.delenv("DAGSTER_HOME")
-    assert main(["restore", str(backup)]) == 0
+    # Read from the stores the manifest names only when the operator names them too.
+    assert main(["restore", str(backup)]) == 1
+    assert "--referenced-from" in capsys.readouterr().err
+    assert ArtifactStore(f"file://{fresh / 'artifacts'}").files("") == {}
+    origins = ["--referenced-from", original.uri, "--referenced-from", manifest["landing_uri"]]
+    assert main(["restore", str(backup), *origins]) == 0
     restored = ArtifactStore(f"file://{fresh / 'artifacts'}")
     assert restored.sha256(f"validated/{day}.parquet") == original.sha256(
         f"validated/{day}.parquet"
@@ -98,7 +103,7 @@ def test_data_by_reference_is_named_not_copied_and_restored_from_its_store(
     monkeypatch.setenv("LEPTON_HOME", str(again))
     monkeypatch.delenv("DAGSTER_HOME")
     capsys.readouterr()
-    assert main(["restore", str(backup)]) == 1
+    assert main(["restore", str(backup), *origins]) == 1
     assert f"raw/{day}.parquet (backed up by reference" in capsys.readouterr().err
     # Found missing before anything was written.
     assert ArtifactStore(f"file://{again / 'artifacts'}").files("") == {}
