@@ -448,6 +448,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     prepare_home()
+    # The schema first, here: `dagster dev` starts a webserver and a daemon that would both
+    # create a new SQLite instance's schema at once (dagster-io/dagster#27390).
+    with dg.DagsterInstance.get() as instance:
+        instance.upgrade(print_fn=lambda _: None)
     command = ["dagster", "dev", "-m", "lepton_assets.definitions", "-p", str(args.port)]
     os.execvp(command[0], command)
 
