@@ -12,7 +12,13 @@
 #   DAGSTER_PG_USER=... DAGSTER_PG_PASSWORD=... LEPTON_ID_INDEX_URL=postgresql://... \
 #   deploy/up.sh
 #
-# Secrets come from the environment only. Check it with `lepton health`.
+# The UI's door is HAProxy on 127.0.0.1:LEPTON_WEB_PORT (deploy/web_proxy.sh): basic auth over
+# LEPTON_WEB_USERS (a users file of hashed passwords, required), operators to the webserver on
+# 127.0.0.1:LEPTON_WEB_INTERNAL_PORT, viewers to a --read-only one on LEPTON_WEB_READ_ONLY_PORT,
+# GraphQL by GET and cross-origin requests refused.
+#
+# Secrets come from the environment only. Check it with
+# `lepton health --webserver http://127.0.0.1:$LEPTON_WEB_INTERNAL_PORT`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DAGSTER_HOME:?set DAGSTER_HOME to the instance folder (deploy/dagster.yaml is copied in)}"
@@ -24,6 +30,9 @@ mkdir -p "$DAGSTER_HOME"
 export LEPTON_EXECUTOR=${LEPTON_EXECUTOR:-celery}
 export LEPTON_CELERY_BROKER=${LEPTON_CELERY_BROKER:-pyamqp://guest@127.0.0.1:5672//}
 export LEPTON_WEB_PORT=${LEPTON_WEB_PORT:-3000}
+export LEPTON_WEB_INTERNAL_PORT=${LEPTON_WEB_INTERNAL_PORT:-3001}
+export LEPTON_WEB_READ_ONLY_PORT=${LEPTON_WEB_READ_ONLY_PORT:-3002}
+: "${LEPTON_WEB_USERS:?set LEPTON_WEB_USERS to the users file of the UI, see deploy/web_proxy.sh}"
 export LEPTON_LOG_DIR=${LEPTON_LOG_DIR:-$DAGSTER_HOME/logs}
 mkdir -p "$LEPTON_LOG_DIR"
 export PATH="$PWD/.venv/bin:$PATH"
@@ -36,6 +45,8 @@ fi
 command -v haproxy >/dev/null || { echo "up.sh: haproxy not found (apt-get install haproxy)" >&2; exit 1; }
 deploy/haproxy.sh "$LEPTON_SERVE_REPLICAS" "$LEPTON_LOG_DIR" "${LEPTON_SERVE_PORT:-8080}" \
   > "$LEPTON_LOG_DIR/haproxy.cfg"
+deploy/web_proxy.sh "$LEPTON_WEB_USERS" "$LEPTON_WEB_PORT" "$LEPTON_WEB_INTERNAL_PORT" \
+  "$LEPTON_WEB_READ_ONLY_PORT" > "$LEPTON_LOG_DIR/web.cfg"
 # Create or migrate the instance's schema once, before four processes open it at the same time.
 dagster instance migrate >/dev/null
 exec supervisord -c deploy/supervisord.conf

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .load import wait_ready
 from .services import instance_env
 from .test_postgres import throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import free_port
+from .test_web_proxy import crypt
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -43,7 +45,9 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
     throwaway_db: str,  # noqa: F811
     tmp_path: Path,
 ):
-    port, serve_port = free_port(), free_port()
+    port, door, serve_port = free_port(), free_port(), free_port()
+    users = tmp_path / "users"
+    users.write_text(f"alice operator {crypt('alice-pw-1')}\n")
     store = ArtifactStore(f"file://{tmp_path / 'lepton' / 'artifacts'}")
     info = digits_model_info("mlp")
     save_model(store, "models/m/fp32", build_model(info), info)
@@ -52,7 +56,10 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
     env |= {
         **instance_env(tmp_path / "dagster_home", throwaway_db),
         "LEPTON_HOME": str(tmp_path / "lepton"),
-        "LEPTON_WEB_PORT": str(port),
+        "LEPTON_WEB_PORT": str(door),
+        "LEPTON_WEB_INTERNAL_PORT": str(port),
+        "LEPTON_WEB_READ_ONLY_PORT": str(free_port()),
+        "LEPTON_WEB_USERS": str(users),
         "LEPTON_SERVE_PORT": str(serve_port),
         "LEPTON_SERVE_REPLICAS": "2",
         # supervisord's control socket: a short path (a Unix socket path has ~100 bytes)
@@ -78,6 +85,10 @@ def test_the_stack_starts_in_one_command_and_health_names_what_is_down(
         assert [line.split()[0] for line in lines][:2] == ["instance", "webserver"]
         assert all("up" in line.split() for line in lines)
         assert "PostgresRunStorage" in report.stdout and "worker-" in report.stdout
+        # The UI's door wants a password (tests/test_web_proxy.py tries the rest of it).
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{door}/", timeout=10)
+        assert refused.value.code == 401
         # The worker's settings file holds the broker URL (and so its password): private.
         home = Path(env["DAGSTER_HOME"])
         (settings,) = home.glob("dagster_celery/config/*/dagster_celery_config.py")
