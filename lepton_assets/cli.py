@@ -45,6 +45,7 @@ from lepton_assets.demo import seed_landing
 from lepton_assets.partitions import landed_days
 from lepton_core.evaluate import headline
 from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
+from lepton_core.models import champion_files
 from lepton_core.registry import current_champion, require_champion
 from lepton_core.serving.settings import ServeSettings
 from lepton_core.store import ArtifactStore, check_key
@@ -335,7 +336,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lepton_core.edge import export_onnx
 
     store = ArtifactStoreResource().get_store()
-    record = export_onnx(store, require_champion(store)["model_prefix"])
+    champion = require_champion(store)
+    record = export_onnx(store, champion["model_prefix"], champion_files(champion))
     for kind, file in record["files"].items():
         print(f"{kind}: {store.url(file['key'])} (sha256 {file['sha256'][:12]})")
     print(f"checks on {record['checks']['rows']} test rows: {json.dumps(record['checks'])}")

@@ -140,12 +140,14 @@ def parity(
     return checks
 
 
-def export_onnx(store: ArtifactStore, champion: str) -> dict[str, Any]:
+def export_onnx(
+    store: ArtifactStore, champion: str, files: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Write ``<model>/model.onnx`` and ``model.int8.onnx`` for ``champion`` and the record
     ``<model>/onnx.json``; raises when fp32 parity fails (nothing is recorded then). The
     int8 file is recorded with ``int8_ok`` false when it disagrees too often."""
     prefix = exportable_prefix(store, champion)
-    model, info = load_model(store, prefix)
+    model, info = load_model(store, prefix, files)
     fp32 = onnx_bytes(model, info)
     int8 = quantized_int8(fp32)
     test = load_split(store, info["dataset_version"], "test")

@@ -24,7 +24,7 @@ import torch
 
 from lepton_core.compress import latency_ms
 from lepton_core.data import load_split, target_values
-from lepton_core.models import load_model, model_inputs, model_scores
+from lepton_core.models import champion_files, load_model, model_inputs, model_scores
 from lepton_core.plots import confusion_png, curves_png, scatter_png
 from lepton_core.registry import current_champion
 from lepton_core.spec import DatasetSpec, EvaluationSettings
@@ -378,7 +378,7 @@ def champion_metrics(
     if pointer is None:
         return None, None, None
     prefix = pointer["model_prefix"]
-    model, champion_info = load_model(store, prefix)
+    model, champion_info = load_model(store, prefix, champion_files(pointer))
     check_comparable(info, champion_info, frame, prefix)
     size = store.size(f"{prefix}/model.pt")
     return prefix, evaluate_model(model, champion_info, frame, truth)[0], size

@@ -17,6 +17,7 @@ module is ever pickled.
 
 import contextlib
 import io
+import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from lepton_core.data import (
     unscale_target,
 )
 from lepton_core.spec import DatasetSpec, Project
-from lepton_core.store import ArtifactStore
+from lepton_core.store import ArtifactStore, sha256_bytes
 from lepton_core.tasks import task_of
 from lepton_core.usercode import UserCodeError, code_digest, resolve
 
@@ -350,10 +351,39 @@ def restore_model(info: dict[str, Any], weights: bytes) -> nn.Module:
     return model.eval()
 
 
-def load_model(store: ArtifactStore, prefix: str) -> tuple[nn.Module, dict[str, Any]]:
-    info = store.read_json(f"{prefix}/model.json")
-    weights = store.read_bytes(f"{prefix}/model.pt")
+class IntegrityError(ValueError):
+    """A model file whose bytes are not those its champion record names."""
+
+
+def verified(store: ArtifactStore, key: str, files: dict[str, str] | None) -> bytes:
+    """The bytes at ``key``; with ``files`` (a champion record's key -> sha256), refused
+    unless they have the digest recorded there, before anything is built from them."""
+    data = store.read_bytes(key)
+    if files is None:
+        return data
+    expected, actual = files.get(key), sha256_bytes(data)
+    if expected != actual:
+        raise IntegrityError(
+            f"{store.url(key)} has sha256 {actual}, the champion record holds "
+            f"{expected or 'no digest for it'}: refused"
+        )
+    return data
+
+
+def load_model(
+    store: ArtifactStore, prefix: str, files: dict[str, str] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model at ``prefix``, weights only; with ``files`` (``champion_files``) every
+    byte read is checked against the champion record first."""
+    info = json.loads(verified(store, f"{prefix}/model.json", files))
+    weights = verified(store, f"{prefix}/model.pt", files)
     return restore_model(info, weights), info
+
+
+def champion_files(pointer: dict[str, Any]) -> dict[str, str] | None:
+    """What a loader of a champion checks: its record's digests (None for a record written
+    before promotion recorded them)."""
+    return pointer.get("files")
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

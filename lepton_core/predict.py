@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lepton_core.models import load_model, model_inputs, model_scores
+from lepton_core.models import champion_files, load_model, model_inputs, model_scores
 from lepton_core.privacy import check_key, protect
 from lepton_core.registry import require_champion
 from lepton_core.rows import image_reader, typed_features
@@ -30,7 +30,7 @@ def predict_frame(
     predicted. The model is loaded weights-only. Categorical columns the spec hashes are
     hashed with ``pii_key`` (the ingestion key) before encoding, as the model learned them."""
     pointer = require_champion(store)
-    model, info = load_model(store, pointer["model_prefix"])
+    model, info = load_model(store, pointer["model_prefix"], champion_files(pointer))
     spec = DatasetSpec.model_validate(info["spec"])
     key = check_key(spec, pii_key, "LEPTON_PII_KEY")
     typed = typed_features(protect(frame, spec, key), spec, image_reader(image_dir))

@@ -54,10 +54,25 @@ def _record(store: ArtifactStore, record: dict[str, Any], run_id: str) -> dict[s
     return record
 
 
+def model_files(store: ArtifactStore, prefix: str) -> dict[str, str]:
+    """key -> sha256 of the description and weights of the model at ``prefix`` and of its
+    siblings (the other variants of the same training run: an export takes the fp32 one)."""
+    folder = prefix.rsplit("/", 1)[0]
+    return {
+        key: store.sha256(key)
+        for key in sorted(store.files(folder))
+        if key.endswith(("/model.json", "/model.pt"))
+    }
+
+
 def promote(store: ArtifactStore, entry: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Point the champion at ``entry['model_prefix']`` and record it in the history."""
+    """Point the champion at ``entry['model_prefix']`` and record it in the history, with
+    the sha256 of every file a loader of it reads (``files``, checked by
+    ``models.load_model``)."""
     previous = (current_champion(store) or {}).get("model_prefix")
-    return _record(store, {**entry, "action": "promote", "previous": previous}, run_id)
+    files = model_files(store, entry["model_prefix"])
+    return _record(store, {**entry, "files": files, "action": "promote", "previous": previous},
+                   run_id)  # fmt: skip
 
 
 def rollback(store: ArtifactStore, run_id: str, by: str | None = None) -> dict[str, Any]:

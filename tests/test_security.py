@@ -14,11 +14,27 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
+import torch
 
 from lepton_assets.backup import BackupError, restore
 from lepton_assets.configs import check_run_config
+from lepton_core.edge import export_onnx
+from lepton_core.evaluate import champion_metrics
+from lepton_core.models import (
+    IntegrityError,
+    build_model,
+    champion_files,
+    load_model,
+    quantize_dynamic_int8,
+    save_model,
+)
+from lepton_core.predict import predict_frame
 from lepton_core.rank_env import RANK_ENV_FILE, RankEnvError, load_rank_env
+from lepton_core.registry import promote, require_champion, rollback
+from lepton_core.serving.follower import ChampionFollower
+from lepton_core.serving.model import ServedModel
 from lepton_core.spec import DIGITS_PROJECT
+from lepton_core.store import ArtifactStore
 from lepton_core.tuning import PASSWORD_VAR
 from resources.alerts import AlertWebhookResource
 from resources.artifact_store import ArtifactStoreResource
@@ -26,7 +42,7 @@ from resources.horovod_launcher import HorovodLauncherResource
 from resources.label_studio import LabelStudioResource
 from resources.landing_zone import LandingZoneResource
 from resources.project import ProjectResource
-from tests.conftest import tree_bytes
+from tests.conftest import digits_frame, digits_model_info, tree_bytes
 from tests.secret_worker import digest
 
 # What a shell would run: every one must be refused wherever a value could reach one.
@@ -299,3 +315,87 @@ def test_restore_imports_nothing_a_backups_dagster_yaml_names(
         with pytest.raises(BackupError, match="names"):
             restore(src)
     assert not (tmp_path / "ran").exists() and tree_bytes(empty_home) == {}
+
+
+# -- integrity from promotion to load ------------------------------------------------------
+
+
+@pytest.fixture
+def promoted(tmp_path: Path) -> ArtifactStore:
+    """Two promotions of small MLPs (run a then run b), each with its fp32 and int8 variant."""
+    store = ArtifactStore(f"file://{tmp_path / 'artifacts'}")
+    info = digits_model_info("mlp")
+    for run in ("a", "b"):
+        save_model(store, f"models/{run}/fp32", build_model(info), info)
+        save_model(store, f"models/{run}/int8", quantize_dynamic_int8(build_model(info)),
+                   {**info, "quantization": "int8_dynamic", "variant": "int8_dynamic"})  # fmt: skip
+        promote(store, {"model_prefix": f"models/{run}/int8"}, f"run-{run}")
+    return store
+
+
+def swap_weights(store: ArtifactStore, prefix: str) -> None:
+    """Another run's weights of the same variant put in place behind the registry's back, with
+    model.json's own digest updated too (whoever can write the store can do both)."""
+    other = prefix.replace("models/b/", "models/x/").replace("models/a/", "models/x/")
+    info = store.read_json(f"{prefix}/model.json")
+    model = build_model(info)
+    if info.get("quantization"):
+        model = quantize_dynamic_int8(model)
+    save_model(store, other, model, {k: v for k, v in info.items() if k != "sha256"})
+    store.write_bytes(f"{prefix}/model.pt", store.read_bytes(f"{other}/model.pt"))
+    store.write_bytes(f"{prefix}/model.json", store.read_bytes(f"{other}/model.json"))
+
+
+def edit_description(store: ArtifactStore, prefix: str) -> None:
+    info = store.read_json(f"{prefix}/model.json")
+    store.write_json(f"{prefix}/model.json", {**info, "factory": "os:system"})
+
+
+LOADERS = {
+    "server": lambda store, c: ServedModel.load(
+        store, c["model_prefix"], None, "torch", champion_files(c)
+    ),  # fmt: skip
+    "lepton predict": lambda store, c: predict_frame(store, digits_frame().head(2)),
+    "lepton export": lambda store, c: export_onnx(store, c["model_prefix"], champion_files(c)),
+    "evaluation of the champion": lambda store, c: champion_metrics(
+        store, digits_frame(), torch.empty(0), {}
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("tamper", [swap_weights, edit_description])
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_every_loader_refuses_a_champion_whose_files_changed_after_promotion(
+    promoted: ArtifactStore, loader: str, tamper
+):
+    champion = require_champion(promoted)
+    # The export reads the fp32 sibling; the others the champion itself.
+    prefix = "models/b/fp32" if loader == "lepton export" else "models/b/int8"
+    tamper(promoted, prefix)
+    refusal = rf"{prefix}/model\.(pt|json) has sha256 [0-9a-f]{{64}}, the champion record holds"
+    with pytest.raises(IntegrityError, match=refusal + r" [0-9a-f]{64}: refused"):
+        LOADERS[loader](promoted, champion)
+
+
+def test_a_rollback_carries_the_digests_of_the_model_it_brings_back(promoted: ArtifactStore):
+    swap_weights(promoted, "models/a/int8")
+    record = rollback(promoted, "run-c")
+    assert record["files"]["models/a/int8/model.json"]
+    with pytest.raises(IntegrityError, match=r"models/a/int8/model\.json has sha256"):
+        load_model(promoted, record["model_prefix"], champion_files(record))
+
+
+def test_the_server_keeps_serving_when_a_promoted_model_was_swapped(promoted: ArtifactStore):
+    def load(prefix: str, files: dict[str, str] | None) -> ServedModel:
+        return ServedModel.load(promoted, prefix, None, "torch", files)
+
+    follower = ChampionFollower(promoted, load, retry_s=0)
+    follower.check()
+    assert follower.current is not None and follower.current.prefix == "models/b/int8"
+    save_model(promoted, "models/c/fp32", build_model(digits_model_info("mlp")),
+               digits_model_info("mlp"))  # fmt: skip
+    promote(promoted, {"model_prefix": "models/c/fp32"}, "run-c")
+    swap_weights(promoted, "models/c/fp32")
+    follower.check()
+    assert follower.current.prefix == "models/b/int8"
+    assert follower.last_error is not None and "IntegrityError" in follower.last_error["error"]

@@ -89,7 +89,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         deadline = time.monotonic() + 180
         while not loaded(port):
             for process in processes:
-                assert process.poll() is None, f"{process.args[0]} exited: see {tmp}"
+                assert process.poll() is None, f"{process.args!r} exited: see {tmp}"
             assert time.monotonic() < deadline, "the webservers did not load in 180 s"
             time.sleep(0.5)
         yield port

@@ -65,8 +65,8 @@ class Server:
         self.sampler = Sampler(self.store, settings.sample_rate, settings.replica)
 
     # -- model versions -------------------------------------------------------------------
-    def load(self, prefix: str) -> ServedModel:
-        return ServedModel.load(self.store, prefix, self.pii_key, self.settings.runtime)
+    def load(self, prefix: str, files: dict[str, str] | None) -> ServedModel:
+        return ServedModel.load(self.store, prefix, self.pii_key, self.settings.runtime, files)
 
     def swapped(self, served: ServedModel) -> None:
         metrics.LOADS.labels("ok").inc()

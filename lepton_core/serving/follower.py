@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from lepton_core.models import champion_files
 from lepton_core.registry import current_champion
 from lepton_core.serving.model import ServedModel
 from lepton_core.store import ArtifactStore
@@ -27,7 +28,7 @@ class ChampionFollower:
     def __init__(
         self,
         store: ArtifactStore,
-        load: Callable[[str], ServedModel],
+        load: Callable[[str, dict[str, str] | None], ServedModel],
         poll_s: float = 1.0,
         retry_s: float = 60.0,
         on_swap: Callable[[ServedModel], None] | None = None,
@@ -57,7 +58,7 @@ class ChampionFollower:
         if failed is not None and time.monotonic() - failed < self.retry_s:
             return
         try:
-            served = self.load(prefix)
+            served = self.load(prefix, champion_files(pointer))
         except Exception as exc:  # any failure of a new version leaves the old one serving
             self._failed_at[prefix] = time.monotonic()
             self.last_error = {

@@ -55,9 +55,15 @@ class ServedModel:
 
     @classmethod
     def load(
-        cls, store: ArtifactStore, prefix: str, pii_key: str | None, runtime: str
+        cls,
+        store: ArtifactStore,
+        prefix: str,
+        pii_key: str | None,
+        runtime: str,
+        files: dict[str, str] | None = None,
     ) -> "ServedModel":
-        """Load a version (weights only), check the personal-data key its spec needs
+        """Load a version (weights only, its bytes checked against ``files``, the champion
+        record's digests), check the personal-data key its spec needs
         (``LEPTON_PII_KEY``), then warm it up and check it on one row (``check_rows``): a
         model that fails any of these never serves."""
         if runtime == "onnx":
@@ -65,7 +71,7 @@ class ServedModel:
 
             model, info = load_onnx_model(store, prefix)
         else:
-            model, info = load_model(store, prefix)
+            model, info = load_model(store, prefix, files)
         spec = DatasetSpec.model_validate(info["spec"])
         served = cls(prefix, info, model, check_key(spec, pii_key, "LEPTON_PII_KEY"))
         served.check_rows()
