@@ -282,7 +282,7 @@ def test_without_a_webhook_the_alert_is_only_logged(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LEPTON_ALERT_WEBHOOK_URL", raising=False)
     assert AlertWebhookResource().post({"summary": "x"}) is False
     monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", "file:///etc/passwd")
-    with pytest.raises(ValueError, match="LEPTON_ALERT_WEBHOOK_URL is not an http\(s\) URL"):
+    with pytest.raises(ValueError, match=r"LEPTON_ALERT_WEBHOOK_URL is not an http\(s\) URL"):
         AlertWebhookResource().post({"summary": "x"})
 
 
