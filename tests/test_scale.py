@@ -103,7 +103,7 @@ def test_a_rank_memory_does_not_grow_with_the_data(
             [trained_model],
             resources={
                 **resources,
-                "project": ProjectResource(project_path=str(project)),
+                "project": ProjectResource(),
                 "horovod": HorovodLauncherResource(num_processes=2),
             },
             instance=instance,
