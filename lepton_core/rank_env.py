@@ -4,14 +4,18 @@ Horovod 0.28.1 starts every rank as ``sh -c 'env K=V … python …'`` with each
 horovodrun's environment written out, where any local user reads it in ``ps``. The launcher
 (``resources.horovod_launcher``) therefore gives horovodrun only plain settings and writes the
 rest of the step's environment (secrets among it) to a file of mode 0600 whose path is in
-``LEPTON_RANK_ENV_FILE``; a rank loads it before anything else. For ranks on other hosts the
+``LEPTON_RANK_ENV_FILE``. Each rank runs ``python -m lepton_core.rank_env MODULE ARGS…``, which
+loads it and only then imports ``MODULE`` as ``__main__``: libraries that read their settings
+when imported (fsspec's ``FSSPEC_S3_*``, say) see them. For ranks on other hosts the
 file must be where they can read it (the launcher's work folder under ``TMPDIR`` on a shared
 filesystem), else the rank fails naming it.
 """
 
 import json
 import os
+import runpy
 import stat
+import sys
 
 RANK_ENV_FILE = "LEPTON_RANK_ENV_FILE"
 
@@ -45,3 +49,17 @@ def load_rank_env() -> int:
     missing = {k: v for k, v in values.items() if k not in os.environ}
     os.environ.update(missing)
     return len(missing)
+
+
+def main() -> None:
+    """``python -m lepton_core.rank_env MODULE ARGS…``: the environment, then the module."""
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m lepton_core.rank_env MODULE [ARGS...]")
+    load_rank_env()
+    module = sys.argv[1]
+    sys.argv = [module, *sys.argv[2:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,6 @@ from torch import nn
 from lepton_core.data import read_dataset_info, target_scaling
 from lepton_core.distill import DistillationLoss
 from lepton_core.models import build_model, load_model, save_model, torch_bytes
-from lepton_core.rank_env import load_rank_env
 from lepton_core.spec import TrainingSettings
 from lepton_core.store import ArtifactStore
 from lepton_core.streaming import Batch, ShardStream, device_batches
@@ -489,7 +488,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts-uri", required=True)
     parser.add_argument("--job-key", required=True, help="artifact key of the job's JSON")
     args = parser.parse_args(argv)
-    load_rank_env()  # before anything reads a setting or secret (see lepton_core.rank_env)
     # Horovod: initialize the collective runtime.
     hvd.init()
     store = ArtifactStore(args.artifacts_uri)

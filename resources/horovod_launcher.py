@@ -299,7 +299,8 @@ class HorovodLauncherResource(dg.ConfigurableResource):
             cmd += ["--output-filename", str(workdir / "logs")]
         cmd += ["--network-interface", self.interface()]
         # -P: the rank's working directory is not put on its import path (see worker_env).
-        return [*cmd, sys.executable, "-P", "-m", module, *args]
+        # The rank loads its environment file first (lepton_core.rank_env), then ``module``.
+        return [*cmd, sys.executable, "-P", "-m", "lepton_core.rank_env", module, *args]
 
     def one_host(self) -> bool:
         return all(h.split(":")[0] in LOCAL_NAMES for h in (self.hosts or "localhost").split(","))

@@ -1,5 +1,5 @@
-"""A stand-in rank for the secrets test: loads the launcher's environment file as the real
-worker does, waits until the test has read every process's command line, and rank 0 reports
+"""A stand-in rank for the secrets test (started through ``lepton_core.rank_env`` as every rank
+is): waits until the test has read every process's command line, and rank 0 reports
 which of the marker variables it was given."""
 
 import hashlib
@@ -9,8 +9,6 @@ import time
 
 from dagster_pipes import open_dagster_pipes
 
-from lepton_core.rank_env import load_rank_env
-
 WAIT_S = 60
 
 
@@ -19,7 +17,6 @@ def digest(text: str) -> str:
 
 
 def main() -> None:
-    load_rank_env()
     names, flag = sys.argv[1].split(","), sys.argv[2]
     deadline = time.monotonic() + WAIT_S
     while not os.path.exists(flag) and time.monotonic() < deadline:

@@ -284,7 +284,8 @@ def test_a_rank_that_joins_an_elastic_job_stops_at_the_same_epoch_as_the_others(
     [script] = Path(tempfile.gettempdir()).glob(
         f"{WORKDIR_PREFIX}{os.getpid()}-*/discover_hosts.sh"
     )
-    script.write_text(script.read_text() + "echo 127.0.0.1:1\n")
+    hosts = script.with_name("hosts")  # what the discovery script prints
+    hosts.write_text(hosts.read_text() + "127.0.0.1:1\n")
     run.join(timeout=300)
     assert not run.is_alive(), "the job did not finish: ranks stopped at different epochs?"
     assert results[0].success
