@@ -58,7 +58,8 @@ EXTRA_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "HOROVOD_", "NCCL_", "GLOO_",
 # through RANK_ENV_FILE, a file only this user can read (lepton_core.rank_env).
 PASSED_ON = re.compile(
     r"^(PATH|HOME|USER|LOGNAME|LANG|TZ|TMPDIR|VIRTUAL_ENV|LD_LIBRARY_PATH|CUDA_VISIBLE_DEVICES"
-    r"|LC_[A-Z]+|(OMP|MKL|OPENBLAS|HOROVOD|NCCL|GLOO|TORCH)_[A-Z0-9_]+|DAGSTER_PIPES_[A-Z_]+)$"
+    rf"|LC_[A-Z]+|({'|'.join(p.rstrip('_') for p in EXTRA_ENV_PREFIXES)})_[A-Z0-9_]+"
+    r"|DAGSTER_PIPES_[A-Z_]+)$"
 )
 
 
