@@ -66,13 +66,16 @@ pip_install -e '.[dev]'
 # server and iproute2 (the two-host Horovod test: sshd inside a network namespace). The
 # packages' services are not started by the install where policy-rc.d forbids it (Docker
 # images); the test starts its own sshd on a namespace address. HAProxy balances the
-# server's replicas (deploy/haproxy.sh; the two-replica test starts its own).
+# server's replicas (deploy/haproxy.sh; the two-replica test starts its own) and is the UI's
+# door (deploy/web_proxy.sh).
 missing=""
 command -v chromium >/dev/null || missing="$missing chromium"
 command -v chromedriver >/dev/null || missing="$missing chromium-driver"
 [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 command -v ip >/dev/null || missing="$missing iproute2"
 [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+# openssl hashes the UI door's test passwords (openssl passwd -6, tests/test_web_proxy.py).
+command -v openssl >/dev/null || missing="$missing openssl"
 if [ "$WITH_TEST_TOOLS" = 1 ] && [ -n "$missing" ]; then
   command -v apt-get >/dev/null || die "the tests need these Debian packages:$missing; install them"
   [ "$(id -u)" = 0 ] || die "installing them needs root: sudo apt-get install$missing"
