@@ -9,14 +9,17 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg2
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+T = TypeVar("T")
 PG = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("LEPTON_TEST_PG_USER", "postgres")}
 
 
@@ -69,3 +72,15 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+
+
+def wait_for(condition: Callable[[], T], seconds: float, what: str, step: float = 0.2) -> T:
+    """The first true value of ``condition()``, polled every ``step`` seconds; an
+    AssertionError naming ``what`` once ``seconds`` have passed without one."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {seconds}s waiting for {what}"
+        time.sleep(step)

@@ -1,6 +1,6 @@
 """`lepton` failures: exit 1 naming the stage, the partition, the file and the reason."""
 
-import time
+import os
 from pathlib import Path
 
 import pytest
@@ -54,8 +54,9 @@ def test_changed_days_hashes_only_files_whose_listing_stamp_moved(
     # The same bytes written again (a new modified time): read and hashed, not a change.
     first = seeded.list("2026-01-01")[0]
     data = seeded.read_bytes(first)
-    time.sleep(0.01)
+    stamp = seeded.local_path(first).stat().st_mtime_ns
     seeded.write_bytes(first, data)
+    os.utime(seeded.local_path(first), ns=(stamp + 10**9, stamp + 10**9))  # a second later
     assert changed_days(landing, f"file://{artifacts}") == pending
     assert hashed == [first]
     # Other bytes: the day is to ingest again.

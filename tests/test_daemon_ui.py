@@ -29,6 +29,7 @@ from resources.horovod_launcher import (
 )
 from schedules.sensors import failed_checks, failure_alert, run_failure_reason
 
+from .services import wait_for
 from .test_s3 import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +44,6 @@ query SensorRuns {
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     return webserver_graphql(f"http://127.0.0.1:{port}", query, variables)
-
-
-def wait_for(condition, seconds: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {seconds}s waiting for {what}"
-        time.sleep(2)
 
 
 READY_QUERY = """
@@ -84,10 +75,7 @@ def usable(port: int, processes: dict[str, subprocess.Popen], logs: Path) -> boo
 
 
 def wait_usable(port: int, processes: dict[str, subprocess.Popen], logs: Path) -> None:
-    deadline = time.monotonic() + 180
-    while not usable(port, processes, logs):
-        assert time.monotonic() < deadline, "the webserver and daemon were not usable in 180 s"
-        time.sleep(0.5)
+    wait_for(lambda: usable(port, processes, logs), 180, "the webserver and daemon to be usable")
 
 
 @pytest.fixture(scope="module")

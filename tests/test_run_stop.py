@@ -27,18 +27,13 @@ from resources.horovod_launcher import (
     stop_leftover_ranks,
 )
 
+from .services import wait_for
+
 SLEEPER = "import time; time.sleep(300)"
 
 
 def marked(run_id: str) -> list[psutil.Process]:
     return processes_with(RUN_MARKER, run_id)
-
-
-def wait_until(condition, seconds: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {seconds}s: {what}"
-        time.sleep(0.5)
 
 
 def ranks_running(run_id: str, ranks: int) -> bool:
@@ -61,11 +56,11 @@ def test_the_ranks_die_when_the_step_process_is_killed(tmp_path: Path):
     env = {**os.environ, RUN_MARKER: run_id}
     process = subprocess.Popen([sys.executable, "-c", step, str(tmp_path)], env=env)
     try:
-        wait_until(lambda: ranks_running(run_id, 2), 60, "two ranks to start")
+        wait_for(lambda: ranks_running(run_id, 2), 60, "two ranks to start")
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         # horovodrun dies with its parent; its middlemen stop the ranks (5 s grace).
-        wait_until(lambda: not marked(run_id), 20, "every rank and launcher to exit")
+        wait_for(lambda: not marked(run_id), 20, "every rank and launcher to exit")
     finally:
         stop_leftover_ranks(run_id)
 
@@ -87,7 +82,7 @@ def test_an_ended_run_stops_its_job(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         with pytest.raises(RunEndedError, match="the run is CANCELED"):
             launcher._run(command, env, tmp_path, context)  # type: ignore[arg-type]
         assert time.monotonic() - started < 40
-    wait_until(lambda: not marked(run_id), 20, "every rank to exit")
+    wait_for(lambda: not marked(run_id), 20, "every rank to exit")
 
 
 def test_a_new_attempt_stops_what_an_earlier_one_left():
@@ -101,7 +96,7 @@ def test_a_new_attempt_stops_what_an_earlier_one_left():
         for marker in (run_id, run_id, other)
     ]
     try:
-        wait_until(lambda: len(marked(run_id)) == 2, 20, "the orphans to start")
+        wait_for(lambda: len(marked(run_id)) == 2, 20, "the orphans to start")
         assert stop_leftover_ranks(run_id) == 2
         assert [o.poll() is not None for o in orphans] == [True, True, False]
     finally:

@@ -47,6 +47,11 @@ SPACE = {
     "kwargs.crash": {"choices": [False, True]},
 }
 
+# The trials' ends, pinned: the enqueued crash, then what TPESampler(seed=0) draws (trial 2
+# draws kwargs.crash=True).
+STATES = ["FAIL", "COMPLETE", "FAIL", "COMPLETE"]
+STATE_AFTER_RESUME = "COMPLETE"
+
 
 def test_a_bad_search_space_is_refused_naming_the_parameter():
     def refusal(space: dict, **extra: Any) -> str:
@@ -118,6 +123,19 @@ def study_trials(store: ArtifactStore, url: str) -> list[optuna.trial.FrozenTria
     return optuna.load_study(study_name=name, storage=tuning.storage(url, 1)).get_trials()
 
 
+def assert_ended_as_its_params_say(trial: optuna.trial.FrozenTrial) -> None:
+    """A crashing configuration failed with the ranks' error; any other completed with a
+    value after its every epoch, or was pruned after some."""
+    epochs, reported = trial.params["epochs"], sorted(trial.intermediate_values)
+    if trial.params["kwargs.crash"]:
+        assert trial.state.name == "FAIL" and "crash on purpose" in trial.user_attrs["error"]
+    elif trial.state.name == "COMPLETE":
+        assert reported == list(range(1, epochs + 1)) and trial.value is not None
+    else:
+        assert trial.state.name == "PRUNED", (trial.number, trial.state, trial.user_attrs)
+        assert reported == list(range(1, len(reported) + 1)) and 0 < len(reported) < epochs
+
+
 @pytest.fixture
 def project_home(lepton_home: Path, dataset_version: str, monkeypatch: pytest.MonkeyPatch):
     """The digits as the current dataset, and a project file with a search space."""
@@ -138,7 +156,9 @@ def test_a_study_runs_trials_as_horovod_jobs_and_resumes_after_a_crash(
     # The enqueued crashing configuration came first: failed, with the ranks' error kept.
     assert states[0] == "FAIL" and len(trials) == 4
     assert "crash on purpose" in trials[0].user_attrs["error"]
-    assert "COMPLETE" in states and set(states) <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert states == STATES  # the sampler is seeded: the same configurations every run
+    for trial in trials:
+        assert_ended_as_its_params_say(trial)
     # Every completed trial reported each epoch it ran, from rank 0 of a two-process job.
     for t in trials:
         if t.state.name == "COMPLETE":
@@ -163,7 +183,8 @@ def test_a_study_runs_trials_as_horovod_jobs_and_resumes_after_a_crash(
     assert [t.number for t in again] == list(range(6))
     assert [t.state for t in again[:4]] == [t.state for t in trials]  # none rerun
     assert again[4].number == orphan.number and again[4].state.name == "FAIL"
-    assert again[5].state.name in {"COMPLETE", "PRUNED", "FAIL"}
+    assert again[5].state.name == STATE_AFTER_RESUME  # a trial of its own, run to its end
+    assert_ended_as_its_params_say(again[5])
 
     # The training step uses the best configuration and records which.
     tuned = artifacts.read_json(current_key("tuned_config"))

@@ -33,6 +33,7 @@ class ChampionFollower:
         retry_s: float = 60.0,
         on_swap: Callable[[ServedModel], None] | None = None,
         on_failure: Callable[[str, Exception], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.load = load
@@ -40,6 +41,7 @@ class ChampionFollower:
         self.retry_s = retry_s
         self.on_swap = on_swap
         self.on_failure = on_failure
+        self.clock = clock
         self.current: ServedModel | None = None
         self.last_error: dict[str, Any] | None = None
         self._failed_at: dict[str, float] = {}
@@ -55,12 +57,12 @@ class ChampionFollower:
         if self.current is not None and self.current.prefix == prefix:
             return
         failed = self._failed_at.get(prefix)
-        if failed is not None and time.monotonic() - failed < self.retry_s:
+        if failed is not None and self.clock() - failed < self.retry_s:
             return
         try:
             served = self.load(prefix, champion_files(pointer))
         except Exception as exc:  # any failure of a new version leaves the old one serving
-            self._failed_at[prefix] = time.monotonic()
+            self._failed_at[prefix] = self.clock()
             self.last_error = {
                 "model": prefix,
                 "error": f"{type(exc).__name__}: {exc}",

@@ -12,6 +12,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
@@ -29,7 +30,13 @@ def sample_key(at: datetime, name: str) -> str:
 
 
 class Sampler:
-    def __init__(self, store: ArtifactStore, rate: float, replica: str = "local") -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        rate: float,
+        replica: str = "local",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"sample rate {rate} is not between 0 and 1")
         self.store = store
@@ -37,7 +44,8 @@ class Sampler:
         self.replica = replica
         self.frames: list[pl.DataFrame] = []
         self.rows = 0
-        self.flushed = time.monotonic()
+        self.clock = clock
+        self.flushed = clock()
         self.random = random.Random()
 
     def add(self, served: ServedModel, scored: Scored) -> None:
@@ -54,12 +62,12 @@ class Sampler:
         )
         self.frames.append(frame)
         self.rows += frame.height
-        if self.rows >= FLUSH_ROWS or time.monotonic() - self.flushed >= FLUSH_S:
+        if self.rows >= FLUSH_ROWS or self.clock() - self.flushed >= FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
         """Write what waits, one file per hour it was served in."""
-        self.flushed = time.monotonic()
+        self.flushed = self.clock()
         if not self.frames:
             return
         frame = pl.concat(self.frames, how="diagonal_relaxed")
