@@ -55,7 +55,7 @@ from resources.landing_zone import LandingZoneResource
 
 # The embedded instance: SQLite storage (Dagster's default) and one slot in every pool, so
 # one Horovod training step runs at a time (trained_model is in pool "horovod_training").
-EMBEDDED_DAGSTER_YAML = """\
+EMBEDDED_DAGSTER_YAML_TEMPLATE = """\
 # Written by `lepton` for the embedded Dagster home; edit freely, it is not rewritten.
 concurrency:
   pools:
@@ -64,9 +64,11 @@ concurrency:
 # slots are freed, so a killed training run cannot hold horovod_training for ever.
 run_monitoring:
   enabled: true
-  poll_interval_seconds: 30
-  free_slots_after_run_end_seconds: 30
+  poll_interval_seconds: {monitor_s}
+  free_slots_after_run_end_seconds: {monitor_s}
 """
+# Every 30 s in a home `lepton` writes; a test's home checks and frees slots sooner.
+EMBEDDED_DAGSTER_YAML = EMBEDDED_DAGSTER_YAML_TEMPLATE.format(monitor_s=30)
 # INFO on the console: step logs and epoch metrics, without Dagster's DEBUG event stream.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 STAGES = {

@@ -3,6 +3,7 @@ annotations collected from Label Studio, alerts when a run fails."""
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,20 @@ from resources.project import ProjectResource
 from resources.retraining_policy import RetrainingPolicyResource
 from schedules.jobs import ingest_job, training_job
 
+INTERVAL_VARIABLE = "LEPTON_SENSOR_INTERVAL_S"
+
+
+def interval(default: int) -> int:
+    """A sensor's minimum interval in seconds: ``LEPTON_SENSOR_INTERVAL_S`` when it is set
+    (the tests and a demo machine shorten every sensor's wait to it), else ``default``.
+    Read when the definitions load, as Dagster fixes an interval in the sensor's definition."""
+    value = os.environ.get(INTERVAL_VARIABLE)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{INTERVAL_VARIABLE}={value!r} is not a whole number of seconds >= 1")
+    return int(value)
+
 
 def fingerprint(info: dict) -> list:
     """Cheap change detection: size plus mtime (local) or ETag/LastModified (S3)."""
@@ -32,7 +47,7 @@ def fingerprint(info: dict) -> list:
 
 @dg.sensor(
     job=ingest_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=interval(30),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Ingests and validates exactly the days whose landing files are new or changed.",
 )
@@ -77,7 +92,7 @@ def landing_day() -> str:
 
 
 @dg.sensor(
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lands Label Studio's finished annotations as an annotation batch of today.",
 )
@@ -115,7 +130,7 @@ def annotation_sensor(
 
 @dg.sensor(
     job=training_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests the training -> compression -> evaluation -> champion chain once per "
     "new dataset version, when enough new validated days are there.",
@@ -281,6 +296,7 @@ def failure_alert(
 
 @dg.run_failure_sensor(
     name="failure_alert_sensor",
+    minimum_interval_seconds=interval(30),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Logs a structured alert for every failed run and posts it to the webhook "
     "named by AlertWebhookResource, if set.",

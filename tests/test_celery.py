@@ -25,6 +25,9 @@ from .services import BIN, ROOT, database_url, instance_env, start
 from .test_postgres import count, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import BUCKET, free_port, s3_endpoint  # noqa: F401  (the fixture)
 
+# Celery tests share RabbitMQ's "dagster" queue (purged at start): one worker runs them in turn.
+pytestmark = pytest.mark.xdist_group("celery_queue")
+
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 
 

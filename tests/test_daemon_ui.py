@@ -17,7 +17,7 @@ import dagster as dg
 import psutil
 import pytest
 
-from lepton_assets.cli import EMBEDDED_DAGSTER_YAML
+from lepton_assets.cli import EMBEDDED_DAGSTER_YAML_TEMPLATE
 from lepton_assets.demo import seed_landing
 from lepton_assets.health import graphql as webserver_graphql
 from lepton_core.store import ArtifactStore
@@ -31,6 +31,9 @@ from schedules.sensors import failed_checks, failure_alert, run_failure_reason
 
 from .services import wait_for
 from .test_s3 import free_port
+
+# One worker runs this module: its webserver and daemon start once (module fixture).
+pytestmark = pytest.mark.xdist_group("dagster_services")
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -104,9 +107,11 @@ def running_services(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     home = tmp_path / "lepton"
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True)
-    (dagster_home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML)
+    # Sensors tick, and run monitoring checks and frees slots, every 2 s instead of 30-60 s.
+    (dagster_home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML_TEMPLATE.format(monitor_s=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
-    env.update(LEPTON_HOME=str(home), DAGSTER_HOME=str(dagster_home), PYTHONUNBUFFERED="1")
+    env.update(LEPTON_HOME=str(home), DAGSTER_HOME=str(dagster_home), PYTHONUNBUFFERED="1",
+               LEPTON_SENSOR_INTERVAL_S="2")  # fmt: skip
     port = free_port()
     logs = tmp_path / "logs"
     logs.mkdir()

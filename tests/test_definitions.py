@@ -2,7 +2,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lepton_assets.definitions import defs
+from schedules.sensors import INTERVAL_VARIABLE, interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +72,14 @@ def test_dagster_definitions_validate_passes_on_the_workspace():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_sensor_interval_comes_from_the_environment_when_set(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(INTERVAL_VARIABLE, raising=False)
+    assert interval(60) == 60
+    monkeypatch.setenv(INTERVAL_VARIABLE, "2")
+    assert interval(60) == 2
+    for bad in ("0", "1.5", "-3", "soon"):
+        monkeypatch.setenv(INTERVAL_VARIABLE, bad)
+        with pytest.raises(ValueError, match=f"LEPTON_SENSOR_INTERVAL_S='{bad}' is not a whole"):
+            interval(60)

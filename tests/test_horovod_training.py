@@ -79,12 +79,14 @@ def test_a_hung_job_is_stopped_at_the_timeout(tmp_path: Path):
 
 
 def worker_pid(rank: int) -> int | None:
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "lepton_core.train_worker" not in cmdline:
-            continue
+    """The pid of this test's training rank ``rank``: among this process's descendants only,
+    so a job of another test running beside this one is never touched."""
+    for process in psutil.Process().children(recursive=True):
         try:
-            if process.environ().get("HOROVOD_RANK") == str(rank):
+            cmdline = process.cmdline()
+            if "lepton_core.train_worker" in cmdline and (
+                process.environ().get("HOROVOD_RANK") == str(rank)
+            ):
                 return process.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

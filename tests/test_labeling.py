@@ -32,6 +32,9 @@ from .conftest import DEMO_END
 from .services import ROOT
 from .test_s3 import free_port
 
+# One worker runs this module: Label Studio starts once (module fixture).
+pytestmark = pytest.mark.xdist_group("label_studio")
+
 START_S = 240  # Label Studio's first start migrates its database: about a minute here
 
 

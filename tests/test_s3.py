@@ -20,6 +20,9 @@ from lepton_core.store import ArtifactStore, sha256_bytes
 
 from .test_sensors import csv_bytes, tick
 
+# One worker runs this module: the S3 endpoint starts once (module fixture).
+pytestmark = pytest.mark.xdist_group("moto_s3")
+
 BUCKET = "lepton-test"
 
 

@@ -46,6 +46,9 @@ from tests.load import (
 )
 from tests.services import wait_for
 
+# One worker runs this module: its servers start once (module fixtures).
+pytestmark = pytest.mark.xdist_group("servers")
+
 TOKEN = "t0ken-for-the-serving-tests"
 PII_KEY = "a-key-of-sixteen-bytes-or-more"
 SHOP = DatasetSpec(

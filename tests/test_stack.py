@@ -30,6 +30,9 @@ from .test_postgres import throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import free_port
 from .test_web_proxy import crypt
 
+# Celery tests share RabbitMQ's "dagster" queue (purged at start): one worker runs them in turn.
+pytestmark = pytest.mark.xdist_group("celery_queue")
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -31,6 +31,7 @@ USERS = {"alice": ("operator", "alice-pw-1"), "bob": ("viewer", "bob-pw-2")}
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
+    pytest.mark.xdist_group("web_proxy"),  # one worker: the webservers and HAProxy start once
     pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs HAProxy (setup.sh --test)"),
 ]
 
