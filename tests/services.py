@@ -74,7 +74,7 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     )
 
 
-def wait_for(condition: Callable[[], T], seconds: float, what: str, step: float = 0.2) -> T:
+def wait_for(condition: Callable[[], T | None], seconds: float, what: str, step: float = 0.2) -> T:
     """The first true value of ``condition()``, polled every ``step`` seconds; an
     AssertionError naming ``what`` once ``seconds`` have passed without one."""
     deadline = time.monotonic() + seconds
