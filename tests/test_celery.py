@@ -21,7 +21,7 @@ from lepton_assets.demo import digits_day, seed_landing
 from lepton_core.store import ArtifactStore
 from resources.horovod_launcher import stop_processes_with
 
-from .services import BIN, ROOT, database_url, instance_env, start
+from .services import BIN, ROOT, database_url, instance_env, start, wait_for
 from .test_postgres import count, throwaway_db  # noqa: F401  (the fixture)
 from .test_s3 import BUCKET, free_port, s3_endpoint  # noqa: F401  (the fixture)
 
@@ -214,17 +214,12 @@ def test_a_step_whose_worker_dies_is_run_again_on_another_worker(celery_stack):
     backfill(env, [day])
     step = "validated_batches"  # GX over 400k rows: seconds of work to interrupt
     with dg.DagsterInstance.get() as instance:
-        deadline = time.monotonic() + 300
-        while not started(instance, run_of(instance, day), step):
-            assert time.monotonic() < deadline, f"{step} did not start"
-            time.sleep(0.3)
+        wait_for(lambda: started(instance, run_of(instance, day), step), 300, f"{step} to start",
+                 step=0.3)  # fmt: skip
         doomed = dict(step_workers(instance, run_of(instance, day)))[step]
         os.killpg(celery_stack.workers[doomed].pid, signal.SIGKILL)
         run_id = run_of(instance, day)
-        deadline = time.monotonic() + 300
-        while not (run := instance.get_run_by_id(run_id)) or not run.is_finished:
-            assert time.monotonic() < deadline, "the run did not finish"
-            time.sleep(3)
+        run = wait_for(lambda: finished(instance, run_id), 300, "the run to finish", step=3)
         assert run.status == dg.DagsterRunStatus.SUCCESS, failure_messages(instance, run_id)
         began = step_workers(instance, run_id)
         survivor = ({"worker1", "worker2"} - {doomed}).pop()
@@ -238,6 +233,11 @@ def test_a_step_whose_worker_dies_is_run_again_on_another_worker(celery_stack):
     sql = "SELECT count(*) FROM lepton_ids WHERE day = %s"
     claimed = count(env["DAGSTER_PG_DB"], sql, (day,))
     assert claimed == rows
+
+
+def finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
+    run = instance.get_run_by_id(run_id)
+    return run if run is not None and run.is_finished else None
 
 
 def started(instance: dg.DagsterInstance, run_id: str, step: str) -> bool:

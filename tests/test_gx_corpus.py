@@ -8,6 +8,7 @@ observed values. Most cases run natively (the rest, sent to GX by the contract, 
 too, so the routing itself is checked)."""
 
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import json
@@ -185,12 +186,18 @@ def case_key(frame: pl.DataFrame, suite: gx.ExpectationSuite) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
+def stored_reference() -> dict[str, list[dict]]:
+    """``REFERENCE``'s results by case, read once a session (empty without the file)."""
+    return json.loads(gzip.decompress(REFERENCE.read_bytes())) if REFERENCE.exists() else {}
+
+
 def gx_results(frame: pl.DataFrame, suite: gx.ExpectationSuite, keep: bool) -> list[dict]:
     """GX's own results (pandas engine) of ``suite`` on ``frame``, as ``comparable`` makes
     them. GX gives the same results for the same table, expectations and GX version, so the
     fixed corpus (``keep``) reads them from ``REFERENCE``, written once per GX version by
     ``LEPTON_GX_REFERENCE=write``; a case the file lacks is run on GX here."""
-    stored = json.loads(gzip.decompress(REFERENCE.read_bytes())) if REFERENCE.exists() else {}
+    stored = stored_reference()
     key = case_key(frame, suite)
     if keep and key in stored:
         return stored[key]

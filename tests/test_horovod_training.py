@@ -25,6 +25,8 @@ from resources.horovod_launcher import (
     failure_message,
 )
 
+from .services import wait_for
+
 
 def test_failure_message_names_the_first_failed_rank_and_its_last_lines(tmp_path: Path):
     (tmp_path / "rank.1").mkdir(parents=True)
@@ -78,6 +80,12 @@ def test_a_hung_job_is_stopped_at_the_timeout(tmp_path: Path):
     assert time.monotonic() - started < 30
 
 
+def wait_for_checkpoint(artifacts: ArtifactStore) -> None:
+    """Until a training job has written its first checkpoint (at most 120 s)."""
+    checkpoints = artifacts.local_path("checkpoints")
+    wait_for(lambda: list(checkpoints.rglob("latest.pt")), 120, "a checkpoint", step=0.05)
+
+
 def worker_pid(rank: int) -> int | None:
     """The pid of this test's training rank ``rank``: among this process's descendants only,
     so a job of another test running beside this one is never touched."""
@@ -116,11 +124,7 @@ def test_a_killed_rank_fails_the_attempt_fast_and_the_retry_resumes_from_its_che
         )
     )
     run.start()
-    checkpoints = artifacts.local_path("checkpoints")
-    deadline = time.monotonic() + 120
-    while not list(checkpoints.rglob("latest.pt")):
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.05)
+    wait_for_checkpoint(artifacts)
     pid = worker_pid(1)
     assert pid is not None, "rank 1 not found"
     psutil.Process(pid).kill()
@@ -279,10 +283,7 @@ def test_a_rank_that_joins_an_elastic_job_stops_at_the_same_epoch_as_the_others(
         )
     )
     run.start()
-    deadline = time.monotonic() + 120
-    while not list(artifacts.local_path("checkpoints").rglob("latest.pt")):
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.05)
+    wait_for_checkpoint(artifacts)
     [script] = Path(tempfile.gettempdir()).glob(
         f"{WORKDIR_PREFIX}{os.getpid()}-*/discover_hosts.sh"
     )
