@@ -2,7 +2,7 @@
 
 GX 1.x has no Polars engine and its pandas engine is slow (DESIGN.md: ~18 s for 1M rows x 130
 expectations, against 0.16 s as Polars expressions). ``evaluate`` computes the expectations
-below as Polars expressions, all in one parallel pass, and hands the counts and values to
+below as Polars expressions, in two parallel passes at most, and hands the counts and values to
 GX's own result functions (``_format_map_output``, ``_mostly_success``, and the column-set
 comparison), so success, counts, percents and lists are formed exactly as GX forms them.
 
@@ -50,7 +50,10 @@ from great_expectations.expectations.expectation import (
     _format_map_output,
     _mostly_success,
 )
-from great_expectations.expectations.expectation_configuration import parse_result_format
+from great_expectations.expectations.expectation_configuration import (
+    ExpectationConfiguration,
+    parse_result_format,
+)
 
 NOT_NULL = "expect_column_values_to_not_be_null"
 BETWEEN = "expect_column_values_to_be_between"
@@ -80,7 +83,14 @@ def is_number(value: Any) -> bool:
 
 def native_reason(expectation: Expectation, frame: pl.DataFrame) -> str | None:
     """Why ``expectation`` goes to GX's engine on ``frame``; None when this engine runs it."""
-    config = expectation.configuration
+    return config_reason(expectation.configuration, frame, frame.schema)
+
+
+def config_reason(
+    config: ExpectationConfiguration, frame: pl.DataFrame, schema: pl.Schema
+) -> str | None:
+    """``native_reason`` of one configuration, with the frame's schema read once by the
+    caller (building a schema costs more than the checks themselves)."""
     kwargs = {k: v for k, v in config.kwargs.items() if k not in IGNORED_KWARGS}
     allowed = NATIVE_KWARGS.get(config.type)
     if allowed is None:
@@ -101,14 +111,16 @@ def native_reason(expectation: Expectation, frame: pl.DataFrame) -> str | None:
         exact = kwargs.get("exact_match", True)
         ok = isinstance(names, list | set | tuple) and all(isinstance(n, str) for n in names)
         return None if ok and isinstance(exact, bool) else "column_set or exact_match"
-    return column_reason(config.type, kwargs, frame)
+    return column_reason(config.type, kwargs, frame, schema)
 
 
-def column_reason(kind: str, kwargs: dict[str, Any], frame: pl.DataFrame) -> str | None:
+def column_reason(
+    kind: str, kwargs: dict[str, Any], frame: pl.DataFrame, schema: pl.Schema
+) -> str | None:
     column = kwargs["column"]
-    if not isinstance(column, str) or column not in frame.columns:
+    if not isinstance(column, str) or column not in schema:
         return "column not in the batch"
-    dtype = frame.schema[column]
+    dtype = schema[column]
     if dtype not in NATIVE_DTYPES:
         return f"column type {dtype}"
     if dtype == pl.Int64 and frame[column].null_count():
@@ -155,15 +167,21 @@ def in_set_reason(dtype: pl.DataType, value_set: Any) -> str | None:
     return f"a value set of another type than the {dtype} column"
 
 
-def missing(frame: pl.DataFrame, column: str) -> pl.Expr:
+def missing(schema: pl.Schema, column: str) -> pl.Expr:
     col = pl.col(column)
-    return col.is_null() | col.is_nan() if frame.schema[column].is_float() else col.is_null()
+    return col.is_null() | col.is_nan() if schema[column].is_float() else col.is_null()
 
 
-def unexpected(frame: pl.DataFrame, kind: str, kwargs: dict[str, Any]) -> pl.Expr:
+def unique_key(schema: pl.Schema, column: str) -> pl.Expr:
+    """The values compared for uniqueness: -0.0 and 0.0 are one value to pandas."""
+    col = pl.col(column)
+    return col + 0.0 if schema[column].is_float() else col
+
+
+def unexpected(schema: pl.Schema, kind: str, kwargs: dict[str, Any]) -> pl.Expr:
     """True for the rows one column-map expectation rejects."""
     column = kwargs["column"]
-    col, absent = pl.col(column), missing(frame, column)
+    col, absent = pl.col(column), missing(schema, column)
     if kind == NOT_NULL:
         return absent
     if kind == BETWEEN:
@@ -177,36 +195,71 @@ def unexpected(frame: pl.DataFrame, kind: str, kwargs: dict[str, Any]) -> pl.Exp
         return ~absent & outside
     if kind == IN_SET:
         values = list(kwargs["value_set"])
-        allowed = pl.Series(values, dtype=frame.schema[column]).implode()
+        allowed = pl.Series(values, dtype=schema[column]).implode()
         return ~absent & ~col.is_in(allowed)
     if kind == UNIQUE:
-        # pandas' duplicated on the non-missing values; -0.0 and 0.0 are one value there.
-        key = col + 0.0 if frame.schema[column].is_float() else col
-        return ~absent & key.is_duplicated().over(absent)
+        # pandas' duplicated on the non-missing values. A missing value never equals a
+        # present one, so duplicates over the whole column, masked, are the duplicates among
+        # the present values.
+        return ~absent & unique_key(schema, column).is_duplicated()
     raise ValueError(f"{kind} is not a column-map expectation of the Polars engine")
 
 
 def evaluate(
     frame: pl.DataFrame, expectations: list[Expectation]
-) -> list[ExpectationValidationResult]:
-    """GX results for ``expectations`` (each one ``native_reason`` accepts) on ``frame``."""
-    masks: dict[str, pl.Expr] = {}
-    for i, expectation in enumerate(expectations):
-        reason = native_reason(expectation, frame)
-        if reason is not None:
-            raise ValueError(f"{expectation.expectation_type} goes to GX's engine: {reason}")
-        config = expectation.configuration
-        if config.type != COLUMNS_MATCH:
-            masks[f"u{i}"] = unexpected(frame, config.type, config.kwargs)
-            masks[f"m{i}"] = missing(frame, config.kwargs["column"])
-    evaluated = frame.select(**masks) if masks else pl.DataFrame()
-    return [_result(frame, expectation, evaluated, i) for i, expectation in enumerate(expectations)]
+) -> list[ExpectationValidationResult | None]:
+    """GX's result for each expectation this engine runs on ``frame`` (``native_reason``),
+    None for each it leaves to GX's engine.
+
+    Two lazy queries at most. The first reads each column once and computes, for every
+    column-map expectation, its count of unexpected and of missing values (for uniqueness,
+    whether any two present values share a hash). The second, only for the expectations that
+    found something, computes the positions of their unexpected rows, exactly. A suite that
+    passes never builds an index list; the values GX shows (its first ``MAX_RESULT_RECORDS``)
+    are gathered only for the expectations that failed."""
+    schema = frame.schema
+    configs = [e.configuration for e in expectations]
+    native = [config_reason(config, frame, schema) is None for config in configs]
+    maps = {i: c for i, c in enumerate(configs) if native[i] and c.type != COLUMNS_MATCH}
+    counts = _query(frame, [e for i, c in maps.items() for e in _counts(schema, c, i)])
+    flagged = [i for i in maps if counts[f"u{i}"]]
+    positions = _query(frame, [_positions(schema, maps[i], i) for i in flagged])
+    return [
+        _result(frame, config, positions.get(f"u{i}", []), counts.get(f"m{i}", 0)) if ok else None
+        for i, (config, ok) in enumerate(zip(configs, native, strict=True))
+    ]
+
+
+def _query(frame: pl.DataFrame, aggregates: list[pl.Expr]) -> dict[str, Any]:
+    """One row of ``aggregates`` over ``frame``, by alias, from one lazy query."""
+    return frame.lazy().select(aggregates).collect().row(0, named=True) if aggregates else {}
+
+
+def _counts(schema: pl.Schema, config: ExpectationConfiguration, i: int) -> list[pl.Expr]:
+    """The first query's aggregates of one column-map expectation: ``u{i}`` is non-zero when
+    it may have unexpected rows, ``m{i}`` counts the column's missing values."""
+    kind, kwargs = config.type, config.kwargs
+    column = kwargs["column"]
+    absent = missing(schema, column)
+    if kind == UNIQUE:
+        # Equal values hash alike, so distinct hashes prove every value unique; sorting 1M
+        # hashes costs a fifth of an exact duplicate search. Shared hashes (a duplicate, or
+        # a collision) send the column to the exact search of the second query.
+        hashes = unique_key(schema, column).filter(~absent).hash().sort()
+        flag = (hashes == hashes.shift(1)).any()
+    else:
+        flag = unexpected(schema, kind, kwargs).sum()
+    return [flag.alias(f"u{i}"), absent.sum().alias(f"m{i}")]
+
+
+def _positions(schema: pl.Schema, config: ExpectationConfiguration, i: int) -> pl.Expr:
+    """The second query's aggregate of one expectation: its unexpected rows' positions."""
+    return unexpected(schema, config.type, config.kwargs).arg_true().implode().alias(f"u{i}")
 
 
 def _result(
-    frame: pl.DataFrame, expectation: Expectation, evaluated: pl.DataFrame, i: int
+    frame: pl.DataFrame, config: ExpectationConfiguration, indices: list[int], absent: int
 ) -> ExpectationValidationResult:
-    config = expectation.configuration
     kwargs = config.kwargs
     if config.type == COLUMNS_MATCH:
         wanted, observed = set(kwargs["column_set"]), set(frame.columns)
@@ -214,32 +267,24 @@ def _result(
             observed, wanted, observed - wanted, wanted - observed, kwargs.get("exact_match", True)
         )
     else:
-        out = _column_map_output(frame, config.type, kwargs, evaluated[f"u{i}"], evaluated[f"m{i}"])
+        out = _column_map_output(frame, config.type, kwargs, indices, absent)
     return ExpectationValidationResult(
         success=out["success"], expectation_config=config, result=out["result"]
     )
 
 
 def _column_map_output(
-    frame: pl.DataFrame, kind: str, kwargs: dict[str, Any], mask: pl.Series, absent: pl.Series
+    frame: pl.DataFrame, kind: str, kwargs: dict[str, Any], indices: list[int], absent: int
 ) -> dict[str, Any]:
-    """GX's ``_validate`` of a column-map expectation, from Polars counts."""
-    column = frame[kwargs["column"]]
-    if column.dtype == pl.Int64 and column.null_count():
-        column = column.cast(pl.Float64)  # what pandas holds for the column
-    total, unexpected_count = frame.height, int(mask.sum())
-    indices = mask.arg_true().to_list()
-    # The first MAX_RESULT_RECORDS unexpected values (GX's cap; the index list is whole), as
-    # pandas holds them (NaN for a null float, NaT for a null datetime), so GX's value counts
-    # come out the same.
-    shown = column.gather(indices[:MAX_RESULT_RECORDS])
-    values = shown.to_arrow().to_pandas().tolist()
+    """GX's ``_validate`` of a column-map expectation, from the unexpected rows' positions
+    and the count of missing values."""
+    total, unexpected_count = frame.height, len(indices)
     mostly = kwargs.get("mostly", 1.0)
     if kind == NOT_NULL:  # GX's own _validate: against every row, no missing counts
         success = total == 0 or (total - unexpected_count) / total >= mostly
         nonnull = None
     else:
-        nonnull = total - int(absent.sum())
+        nonnull = total - absent
         success = total == 0 or nonnull == 0 or _mostly_success(nonnull, unexpected_count, mostly)
     return _format_map_output(
         result_format=RESULT_FORMAT,
@@ -247,7 +292,18 @@ def _column_map_output(
         element_count=total,
         nonnull_count=nonnull,
         unexpected_count=unexpected_count,
-        unexpected_list=values,
+        unexpected_list=shown_values(frame[kwargs["column"]], indices),
         unexpected_index_list=indices,
         unexpected_index_query=f"df.filter(items={indices}, axis=0)",  # as GX's pandas engine
     )
+
+
+def shown_values(column: pl.Series, indices: list[int]) -> list[Any]:
+    """The first MAX_RESULT_RECORDS unexpected values (GX's cap; the index list is whole), as
+    pandas holds them (NaN for a null float, NaT for a null datetime, floats for an integer
+    column with nulls), so GX's value counts come out the same."""
+    if not indices:
+        return []
+    if column.dtype == pl.Int64 and column.null_count():
+        column = column.cast(pl.Float64)
+    return column.gather(indices[:MAX_RESULT_RECORDS]).to_arrow().to_pandas().tolist()

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import great_expectations as gx
 import polars as pl
-from great_expectations.core import ExpectationSuiteValidationResult
+from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
 from great_expectations.core.expectation_validation_result import (
     ExpectationSuiteValidationResultSchema,
 )
@@ -126,13 +126,10 @@ def run_suite(
     """GX's result for every expectation of ``suite``, in the suite's order; ``parameters``
     are GX suite parameters (``{"$PARAMETER": name}`` in an expectation)."""
     expectations = list(suite.expectations)
-
-    def on_polars(e: Any) -> bool:
-        return engine == "polars" and polars_engine.native_reason(e, frame) is None
-
-    fast = [e for e in expectations if on_polars(e)]
-    rest = [e for e in expectations if not on_polars(e)]
-    results = dict(zip(map(id, fast), polars_engine.evaluate(frame, fast), strict=True))
+    none: list[ExpectationValidationResult | None] = [None] * len(expectations)
+    fast = polars_engine.evaluate(frame, expectations) if engine == "polars" else none
+    results = {id(e): r for e, r in zip(expectations, fast, strict=True) if r is not None}
+    rest = [e for e in expectations if id(e) not in results]
     if rest:
         # GX refuses expectations that already belong to a suite: hand it copies.
         subsuite = gx.ExpectationSuite(name=suite.name, expectations=[copy(e) for e in rest])
