@@ -202,8 +202,16 @@ def typing_query(schema: Schema, trim: bool, required: tuple[str, ...] = ()) -> 
 
 
 def broken_rules(rules: pl.DataFrame) -> pl.Series:
-    """Per row, the list of rules it breaks (one column of ``rules`` per rule)."""
-    return rules.select(pl.concat_list(pl.all()).list.drop_nulls().alias("rules")).to_series()
+    """Per row, the list of rules it breaks (one column of ``rules`` per rule). Lists are
+    built only for the rows that break a rule (one list a row of a clean 1M-row day took
+    seconds, 30x the rest of the typing); every other row gets an empty one."""
+    broken = rules.select(pl.any_horizontal(pl.all().is_not_null())).to_series()
+    listed = rules.filter(broken).select(pl.concat_list(pl.all()).list.drop_nulls())
+    empty = pl.Series([[]], dtype=pl.List(pl.String))
+    # The clean rows' empty lists, then the broken rows' lists, gathered back in row order.
+    order = pl.concat([(~broken).arg_true(), broken.arg_true()]).arg_sort()
+    lists = pl.concat([empty.new_from_index(0, rules.height - listed.height), listed.to_series()])
+    return lists.gather(order).alias("rules")
 
 
 def typed_rows(

@@ -17,7 +17,7 @@ from lepton_assets.definitions import resources
 from lepton_assets.demo import digits_frame
 from lepton_assets.ingestion import raw_batches
 from lepton_assets.validation import validated_batches
-from lepton_core.rows import read_landing_file
+from lepton_core.rows import broken_rules, read_landing_file
 from lepton_core.spec import DIGITS_SPEC
 from lepton_core.store import ArtifactStore
 
@@ -273,3 +273,22 @@ def test_csv_reads_the_same_values_on_its_strict_and_its_text_path():
     assert strict.drop("pixel_02").equals(text.drop("pixel_02"))
     assert strict.drop("_source_file").equals(from_parquet.drop("_source_file"))
     assert text["pixel_02"][1] == 3.0 and strict.schema == text.schema
+
+
+def test_each_row_lists_the_rules_it_breaks_in_row_order() -> None:
+    rules = pl.DataFrame(
+        {
+            "type:a": [None, "parse(a: Int64)", None, None, "parse(a: Int64)"],
+            "null:b": [None, None, None, "not_null(b)", "not_null(b)"],
+        },
+        schema={"type:a": pl.String, "null:b": pl.String},
+    )
+    assert broken_rules(rules).to_list() == [
+        [],
+        ["parse(a: Int64)"],
+        [],
+        ["not_null(b)"],
+        ["parse(a: Int64)", "not_null(b)"],
+    ]
+    assert broken_rules(rules.head(0)).to_list() == []
+    assert broken_rules(rules.slice(2, 1)).to_list() == [[]]
