@@ -4,7 +4,7 @@ annotations collected from Label Studio, alerts when a run fails."""
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,11 +143,13 @@ def retraining_sensor(
     """Compares the validated days whose checks passed with the days (and their content
     hashes) in the current training dataset. The run key is a hash of the validated days and
     their content, the same inputs training_dataset versions, so each dataset version is
-    trained once however often the sensor ticks. The cursor remembers each day's manifest by
-    its size and modification time, so a tick rereads only the manifests that changed."""
+    trained once however often the sensor ticks. The cursor remembers each day's manifest and
+    served-drift record by its size and modification time, so a tick rereads only the files
+    that changed (a store with years of days costs a listing a tick, not a read a day)."""
     store = artifacts.get_store()
-    manifests = validated_manifests(store, json.loads(context.cursor or "{}"))
-    cursor = json.dumps(manifests, sort_keys=True)
+    seen = json.loads(context.cursor or "{}")
+    manifests, drift = validated_manifests(store, seen), drift_records(store, seen)
+    cursor = json.dumps({**manifests, **drift}, sort_keys=True)
     inputs = sorted((day, digest) for _, _, day, digest, passed in manifests.values() if passed)
     if not inputs:
         return dg.SensorResult(
@@ -159,7 +161,7 @@ def retraining_sensor(
         info = store.read_json(dataset_info_key(version))
         trained = {tuple(pair) for pair in info["inputs"]}
     new = [day for day, digest in inputs if (day, digest) not in trained]
-    drifted = served_drift_days(store)
+    drifted = served_drift_days(store, drift)
     if len(new) < retraining.min_new_days and not (new and drifted):
         reason = f"{len(new)} new validated day(s); retraining waits for {retraining.min_new_days}"
         return dg.SensorResult(skip_reason=reason, cursor=cursor)
@@ -173,33 +175,49 @@ def retraining_sensor(
     )
 
 
-def served_drift_days(store: ArtifactStore) -> list[str]:
+def served_drift_days(store: ArtifactStore, records: dict[str, list]) -> list[str]:
     """Days whose served traffic drifted from the current champion's training data (the
-    served_traffic check failed): retraining then starts with one new validated day."""
+    served_traffic check failed): retraining then starts with one new validated day.
+    ``records`` are ``drift_records``."""
     champion = current_champion(store)
     if champion is None:
         return []
-    records = (store.read_json(k) for k in store.list(DRIFT_PREFIX) if k.endswith(".json"))
-    return [
-        r["day"] for r in records if r.get("drifted") and r["champion"] == champion["model_prefix"]
-    ]
+    return sorted(
+        day
+        for _, _, day, model, drifted in records.values()
+        if drifted and model == champion["model_prefix"]
+    )
 
 
 def validated_manifests(store: ArtifactStore, seen: dict[str, list]) -> dict[str, list]:
-    """Each validated day's manifest as [size, mtime, day, sha256, check passed], reread only
-    when its size or modification time moved since ``seen``."""
-    manifests: dict[str, list] = {}
-    for key, (size, modified) in store.files("validated").items():
+    """Each validated day's manifest as [size, mtime, day, sha256, check passed]."""
+    return changed_records(
+        store, "validated", seen, lambda m: [m["partition"], m["sha256"], m["check_passed"]]
+    )
+
+
+def drift_records(store: ArtifactStore, seen: dict[str, list]) -> dict[str, list]:
+    """Each day's served-drift record as [size, mtime, day, champion, drifted]."""
+    return changed_records(
+        store, DRIFT_PREFIX, seen, lambda r: [r["day"], r["champion"], bool(r.get("drifted"))]
+    )
+
+
+def changed_records(
+    store: ArtifactStore, folder: str, seen: dict[str, list], summary: Callable[[dict], list]
+) -> dict[str, list]:
+    """Each JSON record under ``folder`` by key, as [size, mtime, *summary(record)]; a record
+    is reread only when its size or modification time moved since ``seen``."""
+    records: dict[str, list] = {}
+    for key, (size, modified) in store.files(folder).items():
         if not key.endswith(".json"):
             continue
         before = seen.get(key)
         if before is not None and before[:2] == [size, modified]:
-            manifests[key] = before
-            continue
-        manifest = store.read_json(key)
-        passed = manifest["check_passed"]
-        manifests[key] = [size, modified, manifest["partition"], manifest["sha256"], passed]
-    return manifests
+            records[key] = before
+        else:
+            records[key] = [size, modified, *summary(store.read_json(key))]
+    return records
 
 
 def error_chain(error: Any) -> list[str]:

@@ -136,6 +136,20 @@ def test_served_traffic_that_drifts_retrains_on_the_first_new_day(
     assert result.run_requests
     assert result.run_requests[0].tags["lepton/served_drift_days"] == "2026-01-04"
 
+    # The next tick reads no drift record again; one rewritten (calm now) is read alone.
+    reads: list[str] = []
+    original = ArtifactStore.read_json
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ArtifactStore, "read_json",
+                      lambda self, key: reads.append(key) or original(self, key))  # fmt: skip
+        again = retrain_tick(instance, artifacts, min_new_days=2, cursor=result.cursor or "")
+        assert again.run_requests and [k for k in reads if k.startswith("serving/")] == []
+        record = original(artifacts, "serving/drift/2026-01-04.json")
+        artifacts.write_json("serving/drift/2026-01-04.json", {**record, "drifted": []})
+        calmed = retrain_tick(instance, artifacts, min_new_days=2, cursor=again.cursor or "")
+    assert [k for k in reads if k.startswith("serving/")] == ["serving/drift/2026-01-04.json"]
+    assert skipped(calmed)  # no drifted day left: back to waiting for min_new_days
+
 
 def test_a_retraining_tick_rereads_only_the_manifests_that_changed(
     artifacts: ArtifactStore, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
