@@ -309,7 +309,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from lepton_core.retention import apply_plan, retention_plan
 
     store = ArtifactStoreResource().get_store()
-    plan = retention_plan(store, keep_last=args.keep_last)
+    plan = retention_plan(store, keep_last=args.keep_last, keep_days=args.keep_days)
     verb = "would remove" if args.dry_run else "removing"
     for entry in sorted(plan.delete, key=lambda e: (e.kind, e.name)):
         print(f"{verb} {entry.kind} {entry.name} ({len(entry.files)} files, {entry.size} bytes)")
@@ -498,9 +498,16 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="Parquet file with the feature columns")
     predict.add_argument("--output", required=True, help="Parquet file to write")
     predict.add_argument("--images", type=Path, help="folder the image paths are relative to")
-    gc = command("gc", cmd_gc, "remove datasets, models and checkpoints nothing needs")
+    gc = command("gc", cmd_gc, "remove datasets, models, checkpoints and old served days")
     gc.add_argument(
         "--keep-last", type=int, default=3, help="most recent entries of each kind to keep"
+    )
+    gc.add_argument(
+        "--keep-days",
+        type=int,
+        default=30,
+        help="newest days of served samples, served-drift records and annotation candidates "
+        "to keep",
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
     check = command("health", cmd_health, "say which part of a running stack is down")

@@ -18,9 +18,15 @@ checkpoint lineage (``checkpoints/<version>/<run>/``); a run's job file (``runs/
 a tuning study's trials (``tuning/<study>/``; the study itself is in the Dagster instance's
 database); a day's split shard (``shards/<day>-<digest>/``). A kept model generation keeps
 its dataset version, and a kept dataset version the shards it lists; a shard is kept for no
-other reason. ``lepton gc --dry-run`` lists the plan.
+other reason.
+
+Served traffic is kept by day: the sampler's rows (``serving/samples/<day>/``), each day's
+served-drift record (``serving/drift/<day>.json``) and the annotation candidates picked from
+a day (``annotations/candidates/<day>.parquet``) stay for the ``keep_days`` newest days that
+have them, each kind on its own; older days go. ``lepton gc --dry-run`` lists the plan.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from lepton_core.keys import dataset_info_key
@@ -39,6 +45,13 @@ KINDS = {
 }
 # keep_last applies to these
 RECENT_KINDS = ("dataset", "generation", "checkpoint", "run", "study")
+# kind -> folder of per-day entries (a folder or a file named by its day); keep_days applies
+DAY_KINDS = {
+    "served_samples": "serving/samples",
+    "served_drift": "serving/drift",
+    "annotation_candidates": "annotations/candidates",
+}
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass
@@ -76,6 +89,11 @@ def entries(store: ArtifactStore) -> list[Entry]:
                     continue  # a file beside the entries (e.g. a stray pointer): left alone
                 name = "/".join(parts[1 : depth + 1])
                 found.setdefault((kind, name), Entry(kind, name)).files[key] = stat
+    for kind, folder in DAY_KINDS.items():
+        for key, stat in store.files(folder).items():
+            day = key[len(folder) + 1 :].split("/")[0].split(".")[0]  # <day>/… or <day>.json
+            if DAY.fullmatch(day):  # anything else in the folder is left alone
+                found.setdefault((kind, day), Entry(kind, day)).files[key] = stat
     return list(found.values())
 
 
@@ -120,15 +138,20 @@ def shards_of(store: ArtifactStore, versions: set[str]) -> set[tuple[str, str]]:
     return found
 
 
-def retention_plan(store: ArtifactStore, keep_last: int = 3) -> Plan:
+def retention_plan(store: ArtifactStore, keep_last: int = 3, keep_days: int = 30) -> Plan:
     """Which entries stay and which go, by the policy in this module's docstring."""
     if keep_last < 1:
         raise ValueError("keep_last must be at least 1: the newest of each kind always stays")
+    if keep_days < 1:
+        raise ValueError("keep_days must be at least 1: the newest day of each kind stays")
     everything = entries(store)
     keep = referenced(store)
     for kind in RECENT_KINDS:
         mine = sorted((e for e in everything if e.kind == kind), key=lambda e: -e.newest)
         keep |= {(e.kind, e.name) for e in mine[:keep_last]}
+    for kind in DAY_KINDS:
+        days = sorted((e.name for e in everything if e.kind == kind), reverse=True)
+        keep |= {(kind, day) for day in days[:keep_days]}
     # A kept model generation "<version>-<run>" keeps the dataset version it was trained on.
     keep |= {
         ("dataset", name.rsplit("-", 1)[0]) for kind, name in set(keep) if kind == "generation"

@@ -122,3 +122,36 @@ def test_gc_lists_on_a_dry_run_then_removes_and_is_idempotent(
 def test_keeping_nothing_is_refused(artifacts: ArtifactStore):
     with pytest.raises(ValueError, match="keep_last must be at least 1"):
         retention_plan(artifacts, keep_last=0)
+    with pytest.raises(ValueError, match="keep_days must be at least 1"):
+        retention_plan(artifacts, keep_days=0)
+
+
+def test_served_days_and_candidates_keep_only_the_newest_days(
+    artifacts: ArtifactStore, capsys: pytest.CaptureFixture[str]
+):
+    days = ["2026-01-01", "2026-01-02", "2026-01-03"]
+    for day in days:
+        artifacts.write_bytes(f"serving/samples/{day}/10/r-1.parquet", b"rows")
+        artifacts.write_bytes(f"serving/samples/{day}/11/r-2.parquet", b"rows")
+        artifacts.write_json(f"serving/drift/{day}.json", {"day": day})
+        artifacts.write_bytes(f"annotations/candidates/{day}.parquet", b"rows")
+    artifacts.write_bytes("serving/drift/notes.txt", b"not a day")  # left alone
+    artifacts.write_json("serving/replicas/r1.json", {"replica": "r1"})  # not by day
+    gone = sorted((e.kind, e.name) for e in retention_plan(artifacts, keep_days=2).delete)
+    assert gone == [
+        ("annotation_candidates", "2026-01-01"),
+        ("served_drift", "2026-01-01"),
+        ("served_samples", "2026-01-01"),
+    ]
+    assert main(["gc", "--keep-days", "1", "--dry-run"]) == 0
+    assert "would remove served_samples 2026-01-02 (2 files, 8 bytes)" in capsys.readouterr().out
+    assert main(["gc", "--keep-days", "1"]) == 0
+    kept = sorted(artifacts.files("serving")) + sorted(artifacts.files("annotations"))
+    assert kept == [
+        "serving/drift/2026-01-03.json",
+        "serving/drift/notes.txt",
+        "serving/replicas/r1.json",
+        "serving/samples/2026-01-03/10/r-1.parquet",
+        "serving/samples/2026-01-03/11/r-2.parquet",
+        "annotations/candidates/2026-01-03.parquet",
+    ]
