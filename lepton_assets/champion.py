@@ -4,8 +4,6 @@ import dagster as dg
 
 from lepton_assets.evaluation import BLESSED_CHECK, evaluation_report
 from lepton_assets.pointers import upstream
-from lepton_core.evaluate import headline
-from lepton_core.model_card import write_card
 from lepton_core.registry import (
     POINTER_KEY,
     champion_history,
@@ -47,6 +45,9 @@ def champion_model(
     Runs only after the blocking ``blessed`` check on ``evaluation_report`` passed; it
     re-reads the verdict too, so materializing it alone can never promote an unblessed model.
     """
+    from lepton_core.evaluate import headline  # torch: imported by the step, not the server
+    from lepton_core.model_card import write_card
+
     store = artifacts.get_store()
     report_prefix = upstream(store, context, "evaluation_report")[0]["prefix"]
     ev = store.read_json(f"{report_prefix}/evaluation.json")
@@ -85,6 +86,8 @@ def champion_model(
 def rollback_champion(
     context: dg.OpExecutionContext, artifacts: ArtifactStoreResource
 ) -> dg.Output[None]:
+    from lepton_core.model_card import write_card  # torch: imported by the step
+
     store = artifacts.get_store()
     record = rollback(store, context.run.run_id, initiator(context.run))
     card = write_card(store, record["model_prefix"])

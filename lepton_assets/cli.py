@@ -43,9 +43,7 @@ import polars as pl
 
 from lepton_assets.demo import seed_landing
 from lepton_assets.partitions import landed_days
-from lepton_core.evaluate import headline
 from lepton_core.keys import current_key, raw_manifest_key, validated_manifest_key
-from lepton_core.models import champion_files
 from lepton_core.registry import current_champion, require_champion
 from lepton_core.serving.settings import ServeSettings
 from lepton_core.store import ArtifactStore, check_key
@@ -181,6 +179,8 @@ def ingest_day(day: str) -> None:
 
 def train() -> dict[str, Any]:
     """The training job; returns the summary the CLI prints as its last JSON line."""
+    from lepton_core.evaluate import headline  # torch: only where a command trains or loads
+
     result = execute("training_job")
     store = ArtifactStoreResource().get_store()
     report = store.read_json(current_key("evaluation_report"))["prefix"]
@@ -336,6 +336,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """The champion as ONNX (fp32 and int8), checked against torch, recorded beside it."""
     from lepton_core.edge import export_onnx
+    from lepton_core.models import champion_files
 
     store = ArtifactStoreResource().get_store()
     champion = require_champion(store)

@@ -3,20 +3,23 @@
 The work is in ``lepton_core.compress``; this asset resolves the settings and reports.
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 import polars as pl
 
 from lepton_assets.configs import CompressionConfig, effective
 from lepton_assets.pointers import publish, upstream
 from lepton_assets.training import check_user_code, run_job, trained_model
-from lepton_core.compress import Unsupported, compress_model
-from lepton_core.distill import student_job
 from lepton_core.spec import CompressionSettings, Project
 from lepton_core.store import ArtifactStore
 from lepton_core.usercode import UserCodeError
 from resources.artifact_store import ArtifactStoreResource
 from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource
 from resources.project import ProjectResource
+
+if TYPE_CHECKING:  # torch: imported by the step, not by every process loading the definitions
+    from lepton_core.compress import Unsupported
 
 
 def markdown_cell(value: object) -> str:
@@ -38,9 +41,12 @@ def train_student(
     settings: CompressionSettings,
     user: Project,
     horovod: HorovodLauncherResource,
-) -> str | Unsupported | None:
+) -> "str | Unsupported | None":
     """The distilled student's prefix, trained by a Horovod job as trained_model's is; the
     reason as ``Unsupported`` when it cannot be built or its job fails; None when not asked."""
+    from lepton_core.compress import Unsupported
+    from lepton_core.distill import student_job
+
     if not settings.distill_epochs:
         return None
     # Beside the variants, so retention keeps or drops it with its model generation.
@@ -83,6 +89,8 @@ def compressed_model(
     latency p50/p95 at batch 1 and throughput at batch 256. Variants the model does not
     support are listed with the reason. The table and a Pareto plot are in the metadata.
     """
+    from lepton_core.compress import compress_model
+
     user = project.get_project()
     settings = effective(user.compression, config, "compressed_model")
     store = artifacts.get_store()

@@ -9,7 +9,6 @@ import dagster as dg
 from lepton_assets.compression import compressed_model
 from lepton_assets.configs import EvaluationConfig, effective
 from lepton_assets.pointers import publish, upstream
-from lepton_core.evaluate import evaluate_candidate, headline
 from resources.artifact_store import ArtifactStoreResource
 from resources.project import ProjectResource
 
@@ -43,6 +42,8 @@ def evaluation_report(
     regression: RMSE, MAE, R²), with size and CPU latency, training curves, the compression
     variants and their Pareto plot, in one self-contained HTML report linked below.
     """
+    from lepton_core.evaluate import evaluate_candidate, headline  # torch: the step's own
+
     settings = effective(project.get_project().evaluation, config, "evaluation_report")
     store = artifacts.get_store()
     candidate, consumed = upstream(store, context, "compressed_model")

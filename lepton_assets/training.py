@@ -1,7 +1,9 @@
 """Training: validated partitions -> a versioned dataset -> a Horovod-trained model.
 
 The work is in ``lepton_core`` (``data.build_dataset``, the worker ``train_worker``); these
-assets resolve config and project, check the user's code, launch, and report metadata.
+assets resolve config and project, check the user's code, launch, and report metadata. The
+core modules that load torch are imported by the steps that run them, so a process that only
+loads the definitions (a code server, a run worker, an ingestion step) starts without torch.
 """
 
 from typing import Any
@@ -11,16 +13,9 @@ import dagster as dg
 from lepton_assets.configs import TrainingConfig, check_run_config, effective
 from lepton_assets.pointers import publish, upstream
 from lepton_assets.validation import validated_batches
-from lepton_core.data import (
-    accepted_partitions,
-    build_dataset,
-    read_dataset_info,
-)
 from lepton_core.keys import current_key, dataset_prefix
-from lepton_core.models import build_model, check_outputs, model_description
 from lepton_core.spec import Project, worker_job
 from lepton_core.store import ArtifactStore
-from lepton_core.tuning import apply
 from lepton_core.usercode import UserCodeError, resolve
 from resources.artifact_store import ArtifactStoreResource
 from resources.horovod_launcher import HorovodLauncherResource
@@ -47,6 +42,8 @@ def training_dataset(
     so the same inputs give the same version. It first checks the run config of every later
     step against the project's settings: a bad knob fails the run here, naming the field.
     """
+    from lepton_core.data import accepted_partitions, build_dataset
+
     check_run_config(context.run.run_config, project.get_project())
     spec = project.get_spec()
     store = artifacts.get_store()
@@ -80,6 +77,8 @@ def tuned_project(
     configuration; the project as it is when none was tuned or ``use_tuned`` is off. A run
     config value still wins over a tuned one. A study's result is kept for later datasets:
     hyperparameters outlive a day's data."""
+    from lepton_core.tuning import apply
+
     if not use_tuned or not store.exists(current_key("tuned_config")):
         return user, None
     tuned = store.read_json(current_key("tuned_config"))
@@ -105,6 +104,8 @@ def run_job(
 def check_user_code(info: dict[str, Any]) -> None:
     """Build the model and run a dummy batch (and the loss) before any Horovod process
     starts; errors name the factory or loss and the shapes."""
+    from lepton_core.models import build_model, check_outputs
+
     model = build_model(info)
     check_outputs(model, info)
     if info["loss"]:
@@ -136,6 +137,9 @@ def trained_model(
     reports loss and the validation metric per epoch and samples/s as metadata. A retry, or a
     re-execution of the run, resumes from the last checkpoint.
     """
+    from lepton_core.data import read_dataset_info
+    from lepton_core.models import model_description
+
     store = artifacts.get_store()
     pointer, consumed = upstream(store, context, "training_dataset")
     version = pointer["version"]

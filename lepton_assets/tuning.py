@@ -11,27 +11,26 @@ same data resumes it. The best configuration becomes the ``tuned_config`` pointe
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import optuna
 import polars as pl
 from pydantic import Field, ValidationError
 
 from lepton_assets.compression import markdown_table
 from lepton_assets.pointers import publish, upstream
 from lepton_assets.training import check_user_code, run_job
-from lepton_core import tuning
-from lepton_core.data import read_dataset_info
-from lepton_core.models import model_description
-from lepton_core.plots import study_png
 from lepton_core.spec import Project, TuningSettings, worker_job
 from lepton_core.store import ArtifactStore
-from lepton_core.tasks import Task, task_of
 from lepton_core.usercode import UserCodeError
 from resources.artifact_store import ArtifactStoreResource
 from resources.horovod_launcher import HorovodJobError, HorovodLauncherResource
 from resources.project import ProjectResource
+
+if TYPE_CHECKING:  # optuna and torch: imported by the tuning step, not by every process
+    import optuna
+
+    from lepton_core.tasks import Task
 
 
 def study_storage(instance: dg.DagsterInstance) -> str:
@@ -86,10 +85,12 @@ def trial_runner(
     dataset: dict[str, Any],
     horovod: HorovodLauncherResource,
     secrets: dict[str, str],
-) -> Callable[[optuna.Trial, dict[str, Any]], float]:
+) -> "Callable[[optuna.Trial, dict[str, Any]], float]":
     """What runs one trial: its training job, launched as trained_model launches one."""
+    from lepton_core import tuning
+    from lepton_core.models import model_description
 
-    def train(trial: optuna.Trial, params: dict[str, Any]) -> float:
+    def train(trial: "optuna.Trial", params: dict[str, Any]) -> float:
         settings, model = tuning.apply(params, user.training, user.model_ref)
         info = model_description(user.model_copy(update={"model": model}), dataset)
         try:
@@ -131,6 +132,10 @@ def tuned_config(
     repeating finished trials, and marks a trial whose driver died failed once it missed two
     heartbeats. Metadata: every trial (state, value, epochs, parameters, error) and a plot.
     """
+    from lepton_core import tuning
+    from lepton_core.data import read_dataset_info
+    from lepton_core.tasks import task_of
+
     store = artifacts.get_store()
     user = project.get_project()
     settings = tuning_settings(user, config)
@@ -185,11 +190,14 @@ def trials_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def report(
     context: dg.AssetExecutionContext,
     store: ArtifactStore,
-    study: optuna.Study,
+    study: "optuna.Study",
     settings: TuningSettings,
     version: str,
-    task: Task,
+    task: "Task",
 ) -> dg.MaterializeResult:
+    from lepton_core import tuning
+    from lepton_core.plots import study_png
+
     name, metric = study.study_name, task.metric
     rows = tuning.trial_rows(study, settings.space)
     best = tuning.best(study)

@@ -45,11 +45,13 @@ def test_validation_in_the_core_runs_gx_without_dagster():
     assert "great_expectations" in top_level and "dagster" not in top_level
 
 
-def test_loading_the_definitions_leaves_gx_scikit_learn_and_plots_to_the_steps_that_run_them():
-    """Every code server, run worker and step process loads the definitions: GX, scikit-learn
-    and cleanlab (seconds to import) wait for validation, evaluation and annotation, and
-    matplotlib (0.8 s of every process's start) for the first plot."""
+def test_loading_the_definitions_leaves_the_slow_imports_to_the_steps_that_run_them():
+    """Every code server, run worker and step process loads the definitions: torch (1.5 s)
+    waits for the steps that train, compress, evaluate or score, optuna for tuning, GX,
+    scikit-learn and cleanlab (seconds) for validation, evaluation and annotation, and
+    matplotlib (0.8 s) for the first plot. A code server or an ingestion step starts in
+    about 2.4 s instead of 4.2 s here."""
     top_level = imported("lepton_assets.definitions", "lepton_assets.cli")
     assert "dagster" in top_level
-    slow = {"great_expectations", "sklearn", "cleanlab", "matplotlib"}
+    slow = {"torch", "optuna", "great_expectations", "sklearn", "cleanlab", "matplotlib"}
     assert not top_level & slow, sorted(top_level & slow)

@@ -14,11 +14,14 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from lepton_core.serving.model import Scored, ServedModel
 from lepton_core.store import ArtifactStore
+
+if TYPE_CHECKING:  # the model (torch) is the server's; the monitor reads samples without it
+    from lepton_core.serving.model import Scored, ServedModel
 
 SAMPLES_PREFIX = "serving/samples"
 FLUSH_ROWS = 1000
@@ -48,7 +51,7 @@ class Sampler:
         self.flushed = clock()
         self.random = random.Random()
 
-    def add(self, served: ServedModel, scored: Scored) -> None:
+    def add(self, served: "ServedModel", scored: "Scored") -> None:
         if self.rate == 0.0 or self.random.random() >= self.rate:
             return
         spec = served.spec

@@ -9,7 +9,6 @@ from typing import Any
 
 import polars as pl
 
-from lepton_core.data import accepted_partitions
 from lepton_core.id_index import IdIndex
 from lepton_core.keys import (
     current_key,
@@ -25,6 +24,8 @@ from lepton_core.store import ArtifactStore
 def seed_index(index: IdIndex, store: ArtifactStore, spec: DatasetSpec, day: str) -> None:
     """An index made after days were accepted first loads their ids, once."""
     if not index.is_seeded():
+        from lepton_core.data import accepted_partitions  # torch: only to seed a new index
+
         accepted = [m["partition"] for m in accepted_partitions(store)[0] if m["partition"] != day]
         index.seed(
             ((d, day_ids(store, spec, d)) for d in accepted), at=datetime.now(UTC).isoformat()
