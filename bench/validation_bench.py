@@ -25,12 +25,11 @@ import argparse
 import io
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import polars as pl
-from data_bench import partition
+from data_bench import identical, landing_files, partition, timed
 
 from lepton_core.rows import read_landing_file
 from lepton_core.spec import DIGITS_SPEC
@@ -78,33 +77,13 @@ def pandera_check() -> Callable[[pl.DataFrame], int]:
     return check
 
 
-def seconds(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
-
-
 def alternating(engines: dict[str, Callable[[], Any]], runs: int) -> dict[str, list[float]]:
     """Each engine's seconds over ``runs`` rounds, the order rotating every round."""
     names, times = list(engines), {name: [] for name in engines}
     for r in range(runs):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(seconds(engines[name])[1])
+            times[name].append(timed(engines[name])[1])
     return times
-
-
-def identical(fast: Any, reference: Any) -> bool:
-    return all(
-        a.success == b.success and a.to_json_dict()["result"] == b.to_json_dict()["result"]
-        for a, b in zip(fast.results, reference.results, strict=True)
-    )
-
-
-def landing_files(frame: pl.DataFrame) -> dict[str, bytes]:
-    half, parquet, csv = frame.height // 2, io.BytesIO(), io.BytesIO()
-    frame[:half].write_parquet(parquet)
-    frame[half:].write_csv(csv)
-    return {"day/a.parquet": parquet.getvalue(), "day/b.csv": csv.getvalue()}
 
 
 def main() -> None:
@@ -137,7 +116,7 @@ def main() -> None:
         "ingest_and_validate": ingest_and_validate,
     }
     times = alternating(engines, args.runs)
-    gx_runs = [seconds(lambda: gx(frame)) for _ in range(args.gx_runs)]
+    gx_runs = [timed(lambda: gx(frame)) for _ in range(args.gx_runs)]
     reference, gx_times = gx_runs[0][0], [t for _, t in gx_runs]
     fast = run_suite(frame, suite, engine="polars")
     median = {name: statistics.median(t) for name, t in times.items()}
